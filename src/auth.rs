@@ -1,0 +1,374 @@
+//! Who a connecting client is: token lookup, JWT verification, claims.
+//!
+//! The token is read from the first source present, in the contract's order: `auth.token`
+//! in the CONNECT packet, an `Authorization: Bearer` header, a `token` query parameter.
+//! A bad token there is not retried with the other sources. Failures map to the
+//! contract's exact `connect_error` messages. Tokens are never logged.
+
+use std::{fmt, sync::Arc};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde_json::Value;
+
+use crate::{config::Config, rooms::Id};
+
+/// Why a connection was refused by authentication; `Display` is the `connect_error` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token and auth is required.
+    Required,
+    /// Bad signature, malformed, wrong algorithm, issuer or audience, not yet valid, or no
+    /// usable user id.
+    Failed,
+    /// The token's `exp` has passed.
+    Expired,
+}
+
+impl AuthError {
+    /// A short label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Required => "missing",
+            AuthError::Failed => "invalid",
+            AuthError::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthError::Required => "Authentication required",
+            AuthError::Failed => "Authentication failed",
+            AuthError::Expired => "Token expired",
+        })
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// A sorted, deduplicated set of ids: small and fast for the handful a token carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdSet(Box<[Id]>);
+
+impl IdSet {
+    /// Builds the set from a claim: an array of ids (strings or integers); anything else
+    /// in it is ignored, as the Node backend did.
+    fn from_claim(v: Option<&Value>) -> Self {
+        let mut ids: Vec<Id> = match v {
+            Some(Value::Array(items)) => items.iter().filter_map(Id::from_json).collect(),
+            _ => Vec::new(),
+        };
+        ids.sort();
+        ids.dedup();
+        IdSet(ids.into_boxed_slice())
+    }
+
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.0.binary_search(id).is_ok()
+    }
+
+    /// The ids, in sorted order.
+    pub fn iter(&self) -> impl Iterator<Item = &Id> {
+        self.0.iter()
+    }
+}
+
+/// The authenticated (or anonymous) user behind a socket.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// `userId` (or `sub`) of the token, or `anon:<socket id>`.
+    pub id: Id,
+    /// Display name, falling back to the id.
+    pub name: Arc<str>,
+    /// True for a token-less client when `AUTH_REQUIRED=false`.
+    pub anonymous: bool,
+    /// Holds the `admin` permission.
+    pub admin: bool,
+    /// The `permissions` claim.
+    pub permissions: Box<[Box<str>]>,
+    /// The `projects` claim.
+    pub projects: IdSet,
+    /// The `teams` claim.
+    pub teams: IdSet,
+    /// The `tasks` claim.
+    pub tasks: IdSet,
+}
+
+impl User {
+    /// Whether the user holds `permission` (or is `admin`, which holds every permission).
+    pub fn can(&self, permission: &str) -> bool {
+        self.admin || self.permissions.iter().any(|p| &**p == permission)
+    }
+
+    /// The anonymous user for a socket, with no memberships.
+    pub fn anonymous(socket_id: &str) -> User {
+        // `:` is outside the id alphabet, so build the id directly: it can never collide
+        // with a real user's id nor parse as a room.
+        let id = Id::from_trusted(&format!("anon:{socket_id}"));
+        User {
+            name: Arc::from(id.as_str()),
+            id,
+            anonymous: true,
+            admin: false,
+            permissions: Box::new([]),
+            projects: IdSet::default(),
+            teams: IdSet::default(),
+            tasks: IdSet::default(),
+        }
+    }
+
+    /// Reads a user from verified claims; `None` without a usable user id.
+    pub fn from_claims(claims: &Value) -> Option<User> {
+        let id = Id::from_json(claims.get("userId").or_else(|| claims.get("sub"))?)?;
+        let name = match claims.get("name") {
+            Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
+            _ => Arc::from(id.as_str()),
+        };
+        let permissions: Box<[Box<str>]> = match claims.get("permissions") {
+            Some(Value::Array(items)) => {
+                items.iter().filter_map(Value::as_str).map(Box::from).collect()
+            }
+            _ => Box::new([]),
+        };
+        Some(User {
+            admin: permissions.iter().any(|p| &**p == "admin"),
+            id,
+            name,
+            anonymous: false,
+            permissions,
+            projects: IdSet::from_claim(claims.get("projects")),
+            teams: IdSet::from_claim(claims.get("teams")),
+            tasks: IdSet::from_claim(claims.get("tasks")),
+        })
+    }
+}
+
+/// Finds the token in the first source present: `auth.token`, then `Authorization:
+/// Bearer`, then the `token` query parameter.
+pub fn find_token(auth: Option<&Value>, parts: &axum::http::request::Parts) -> Option<String> {
+    if let Some(Value::String(t)) = auth.and_then(|a| a.get("token"))
+        && !t.is_empty()
+    {
+        return Some(t.clone());
+    }
+    if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION)
+        && let Ok(value) = header.to_str()
+    {
+        let value = value.trim();
+        if let Some((scheme, token)) = value.split_once(char::is_whitespace)
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Some(token.trim().to_owned());
+        }
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A configuration that cannot verify tokens.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthConfigError(String);
+
+/// Verifies tokens with the pinned algorithms and the configured keys.
+pub struct Verifier {
+    algorithms: Vec<Algorithm>,
+    hmac: Option<DecodingKey>,
+    rsa: Option<DecodingKey>,
+    ec: Option<DecodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier").field("algorithms", &self.algorithms).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier, refusing a configuration where a pinned algorithm has no key.
+    pub fn from_config(cfg: &Config) -> Result<Verifier, AuthConfigError> {
+        let public_key = match (&cfg.jwt_public_key, &cfg.jwt_public_key_file) {
+            (Some(k), _) if !k.trim().is_empty() => Some(k.clone()),
+            (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
+                AuthConfigError(format!("cannot read JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))
+            })?),
+            _ => None,
+        };
+        let names: Vec<String> = if cfg.jwt_algorithms.iter().any(|a| !a.trim().is_empty()) {
+            cfg.jwt_algorithms.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()
+        } else if public_key.is_some() {
+            vec!["RS256".into(), "ES256".into()]
+        } else {
+            vec!["HS256".into()]
+        };
+        let mut algorithms = Vec::new();
+        for name in &names {
+            let alg = match name.as_str() {
+                "HS256" => Algorithm::HS256,
+                "HS384" => Algorithm::HS384,
+                "HS512" => Algorithm::HS512,
+                "RS256" => Algorithm::RS256,
+                "RS384" => Algorithm::RS384,
+                "RS512" => Algorithm::RS512,
+                "ES256" => Algorithm::ES256,
+                "ES384" => Algorithm::ES384,
+                other => {
+                    return Err(AuthConfigError(format!(
+                        "JWT_ALGORITHMS: unsupported algorithm {other:?}"
+                    )));
+                }
+            };
+            algorithms.push(alg);
+        }
+        let secret = cfg.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        let hmac = secret.map(|s| DecodingKey::from_secret(s.as_bytes()));
+        let (rsa, ec) = match &public_key {
+            Some(pem) => (
+                DecodingKey::from_rsa_pem(pem.as_bytes()).ok(),
+                DecodingKey::from_ec_pem(pem.as_bytes()).ok(),
+            ),
+            None => (None, None),
+        };
+        if public_key.is_some() && rsa.is_none() && ec.is_none() {
+            return Err(AuthConfigError("JWT_PUBLIC_KEY is not an RSA or EC public key in PEM".into()));
+        }
+        let verifier = Verifier {
+            algorithms,
+            hmac,
+            rsa,
+            ec,
+            issuer: cfg.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: cfg.jwt_audience.clone().filter(|s| !s.is_empty()),
+        };
+        if cfg.auth_required {
+            for alg in &verifier.algorithms {
+                if verifier.key_for(*alg).is_none() {
+                    let need = if is_hmac(*alg) { "JWT_SECRET" } else { "JWT_PUBLIC_KEY" };
+                    return Err(AuthConfigError(format!(
+                        "{need} is required: AUTH_REQUIRED is true and JWT_ALGORITHMS includes {alg:?}"
+                    )));
+                }
+            }
+        }
+        Ok(verifier)
+    }
+
+    fn key_for(&self, alg: Algorithm) -> Option<&DecodingKey> {
+        match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => self.rsa.as_ref(),
+            Algorithm::ES256 | Algorithm::ES384 => self.ec.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Verifies a token and reads its user.
+    pub fn verify(&self, token: &str) -> Result<User, AuthError> {
+        let header = decode_header(token).map_err(|_| AuthError::Failed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::Failed);
+        }
+        // The key is chosen by the algorithm family, so an HS token can never be checked
+        // against the public key (the HS/RS confusion attack).
+        let key = self.key_for(header.alg).ok_or(AuthError::Failed)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = decode::<Value>(token, key, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Failed,
+        })?;
+        User::from_claims(&data.claims).ok_or(AuthError::Failed)
+    }
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    fn verifier() -> Verifier {
+        Verifier::from_config(&Config::for_tests("secret")).unwrap()
+    }
+
+    fn token(claims: Value, secret: &str) -> String {
+        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .unwrap()
+    }
+
+    fn exp_in(secs: i64) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp() + secs
+    }
+
+    #[test]
+    fn a_good_token_gives_its_user() {
+        let t = token(
+            json!({"userId": 7, "name": "Ann", "permissions": ["admin"], "projects": [1, "b", "bad id"], "exp": exp_in(60)}),
+            "secret",
+        );
+        let user = verifier().verify(&t).unwrap();
+        assert_eq!(user.id.as_str(), "7");
+        assert_eq!(&*user.name, "Ann");
+        assert!(user.admin && user.can("room_broadcast"));
+        assert!(user.projects.contains(&Id::parse("1").unwrap()));
+        assert!(user.projects.contains(&Id::parse("b").unwrap()));
+        assert_eq!(user.projects.iter().count(), 2);
+    }
+
+    #[test]
+    fn failures_map_to_the_contract_messages() {
+        let v = verifier();
+        assert_eq!(v.verify(&token(json!({"sub": "u", "exp": exp_in(-10)}), "secret")).unwrap_err(), AuthError::Expired);
+        assert_eq!(v.verify(&token(json!({"sub": "u", "exp": exp_in(60)}), "other")).unwrap_err(), AuthError::Failed);
+        assert_eq!(v.verify(&token(json!({"sub": "u"}), "secret")).unwrap_err(), AuthError::Failed);
+        assert_eq!(v.verify(&token(json!({"exp": exp_in(60)}), "secret")).unwrap_err(), AuthError::Failed);
+        assert_eq!(v.verify(&token(json!({"sub": "a b", "exp": exp_in(60)}), "secret")).unwrap_err(), AuthError::Failed);
+        assert_eq!(
+            v.verify(&token(json!({"sub": "u", "exp": exp_in(60), "nbf": exp_in(30)}), "secret")).unwrap_err(),
+            AuthError::Failed
+        );
+        assert_eq!(v.verify("not.a.token").unwrap_err(), AuthError::Failed);
+        // alg none: header {"alg":"none"}
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert_eq!(v.verify(none).unwrap_err(), AuthError::Failed);
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"sub": "u", "exp": exp_in(60)}),
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs384).unwrap_err(), AuthError::Failed);
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_startup_error() {
+        let mut cfg = Config::for_tests("x");
+        cfg.jwt_secret = None;
+        let err = Verifier::from_config(&cfg).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET is required"), "{err}");
+        cfg.auth_required = false;
+        assert!(Verifier::from_config(&cfg).is_ok());
+    }
+}

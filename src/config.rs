@@ -1,0 +1,150 @@
+//! Configuration: one clap struct, read from flags or the environment.
+//!
+//! Every field has an environment name so that container deployments need no
+//! flags; `trestle --help` lists them all with their defaults.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Trestle: a Socket.IO v4 server for the construction-project collaboration product.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "trestle", version, about, long_about = None)]
+pub struct Config {
+    /// TCP port for Socket.IO and the HTTP endpoints.
+    #[arg(long, env = "PORT", default_value_t = 3001)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// HMAC secret for HS256 tokens. Required when auth is required and no public key is set.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC) for RS256/ES256 tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub jwt_public_key: Option<String>,
+
+    /// File holding the PEM public key, read when JWT_PUBLIC_KEY is not set.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Accepted token algorithms, comma-separated (HS256, HS384, HS512, RS256, RS384, RS512,
+    /// ES256, ES384). Default: HS256, or RS256,ES256 when a public key is configured.
+    #[arg(long, env = "JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Vec<String>,
+
+    /// Required `iss` claim, checked when set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, checked when set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Refuse clients without a token. With `false`, they connect as `anon:<socket id>`.
+    #[arg(long, env = "AUTH_REQUIRED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_required: bool,
+
+    /// Allowed CORS origins, comma-separated, or `*` for any.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+
+    /// Engine.IO ping interval in milliseconds.
+    #[arg(long, env = "PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO ping timeout in milliseconds.
+    #[arg(long, env = "PING_TIMEOUT_MS", default_value_t = 60_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Largest message in bytes, for polling request bodies and websocket messages alike.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_000_000)]
+    pub max_message_bytes: u64,
+
+    /// Connections this instance accepts at once (`Server at capacity` beyond).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Connections one client address may hold at once (`Too many connections from this IP`).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub max_connections_per_ip: u32,
+
+    /// Take the client address from the last `X-Forwarded-For` entry (set behind a proxy).
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_proxy: bool,
+
+    /// Sockets a room may hold before `join_room` answers ROOM_FULL (0: no cap).
+    #[arg(long, env = "MAX_ROOM_SIZE", default_value_t = 1000)]
+    pub max_room_size: usize,
+
+    /// Rooms one socket may join with `join_room` (auto-joined rooms not counted).
+    #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 200)]
+    pub max_rooms_per_socket: usize,
+
+    /// Events a socket may send per minute (token bucket; typing and upload chunks not
+    /// counted; 0 turns the limit off).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value_t = 100)]
+    pub rate_limit_per_minute: u32,
+
+    /// Refused events in a row after which a flooding socket is disconnected.
+    #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
+    pub rate_limit_disconnect_after: u32,
+
+    /// Bearer key for `POST /api/emit`. Unset: every request is refused.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Interval of `metrics_update` events to subscribers, in milliseconds.
+    #[arg(long, env = "METRICS_INTERVAL_MS", default_value_t = 5_000)]
+    pub metrics_interval_ms: u64,
+
+    /// On SIGTERM/SIGINT: how long to keep serving with `/ready` at 503 (so load balancers
+    /// stop routing here) before connections are closed, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 0)]
+    pub shutdown_drain_ms: u64,
+
+    /// Deadline for a graceful stop, in milliseconds; the process exits when it passes.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// `reconnectDelay` told to clients in `server_shutdown`, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_RECONNECT_DELAY_MS", default_value_t = 5_000)]
+    pub shutdown_reconnect_delay_ms: u64,
+
+    /// Log format: `pretty` or `json`. Levels come from `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration with every default and the given HS256 secret: what tests start from.
+    pub fn for_tests(secret: &str) -> Self {
+        let mut cfg = Config::parse_from(["trestle"]);
+        cfg.jwt_secret = Some(secret.to_owned());
+        cfg.host = IpAddr::from([127, 0, 0, 1]);
+        cfg.port = 0;
+        cfg
+    }
+
+    /// The ping interval as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// The ping timeout as a duration.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+}

@@ -1,0 +1,316 @@
+//! A socket's life: admission (caps, token, auto-joins) before the CONNECT ack, then
+//! events in arrival order, then the disconnect clean-up.
+//!
+//! Everything a connection needs is done in the connect middleware, before the client
+//! gets its CONNECT acknowledgement: its rooms are joined and its event dispatcher is
+//! registered, so the first event it sends already finds them (socketioxide runs the
+//! connect handler itself only after the ack, on another task).
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use axum::extract::ConnectInfo;
+use futures_util::FutureExt;
+use serde_json::Value as Json;
+use socketioxide::{
+    adapter::Adapter,
+    extract::{AckSender, Event, SocketRef, TryData},
+    handler::{FromMessageParts, MessageHandler},
+    socket::{DisconnectReason, Socket},
+};
+use socketioxide_core::Value;
+
+use crate::{
+    auth::{AuthError, User, find_token},
+    error::{AppError, Code, Failure},
+    handlers::{self, ClientEvent},
+    limits::{ConnSlot, EventLimiter, Verdict},
+    rooms::Room,
+    server::App,
+};
+
+/// Events a socket may have waiting to be handled; past this they are refused.
+const MAX_PENDING_EVENTS: usize = 256;
+
+/// What the server keeps for one connected socket (in its extensions).
+pub struct Conn {
+    /// Who is connected.
+    pub user: User,
+    /// Rooms joined with `join_room` (auto-joined rooms are not listed).
+    pub joined: Mutex<Vec<Room>>,
+    limiter: EventLimiter,
+    inbox: Mutex<Inbox>,
+    _slot: ConnSlot,
+}
+
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<Job>,
+    running: bool,
+}
+
+struct Job {
+    event: ClientEvent,
+    value: Value,
+    ack: Option<i64>,
+}
+
+impl Conn {
+    /// The rooms this socket joined with `join_room`, as a copy.
+    pub fn joined_rooms(&self) -> Vec<Room> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The connection's [`Conn`].
+pub fn conn_of<A: Adapter>(socket: &Socket<A>) -> Option<Arc<Conn>> {
+    socket.extensions.get::<Arc<Conn>>()
+}
+
+/// The client address: the peer address, or with `TRUST_PROXY` the last
+/// `X-Forwarded-For` entry (the one the trusted proxy added; earlier ones are the client's
+/// own claims and could be forged).
+fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> IpAddr {
+    if trust_proxy
+        && let Some(ip) = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .next_back()
+    {
+        return ip;
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// A refused connection; `Display` is the `connect_error` message the client sees.
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The connect middleware: capacity, per-address cap, token, then the connection's
+/// rooms and handlers, all before the CONNECT ack.
+pub fn admit<A: Adapter>(
+    app: App<A>,
+) -> impl Fn(SocketRef<A>, TryData<Json>) -> futures_util::future::Ready<Result<(), Refused>>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |socket: SocketRef<A>, TryData(auth): TryData<Json>| {
+        futures_util::future::ready(admit_socket(&app, &socket, auth.ok().as_ref()))
+    }
+}
+
+fn admit_socket<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, auth: Option<&Json>) -> Result<(), Refused> {
+    let state = &app.state;
+    let cfg = &state.config;
+    if state.is_shutting_down() {
+        state.metrics.refused("shutting_down");
+        return Err(Refused("Server at capacity".into()));
+    }
+    let parts = socket.req_parts();
+    let slot = state.limits.admit(client_ip(parts, cfg.trust_proxy)).map_err(|r| {
+        state.metrics.refused(r.reason());
+        Refused(r.to_string())
+    })?;
+    let user = match find_token(auth, parts) {
+        Some(token) => state.verifier.verify(&token),
+        None if !cfg.auth_required => Ok(User::anonymous(&socket.id.to_string())),
+        None => Err(AuthError::Required),
+    }
+    .map_err(|e| {
+        state.metrics.auth_failure(e.reason());
+        tracing::debug!(sid = %socket.id, reason = e.reason(), "authentication refused");
+        Refused(e.to_string())
+    })?;
+
+    let mut rooms: Vec<String> = Room::automatic(&user).iter().map(Room::to_string).collect();
+    // socketioxide does not put a socket in the room named by its id; the contract needs
+    // it so that one socket can be reached from any instance.
+    rooms.push(socket.id.to_string());
+    tracing::debug!(sid = %socket.id, user = %user.id, ip = %slot.ip(), "connecting");
+    let conn = Arc::new(Conn {
+        user,
+        joined: Mutex::new(Vec::new()),
+        limiter: EventLimiter::new(cfg.rate_limit_per_minute, cfg.rate_limit_disconnect_after),
+        inbox: Mutex::new(Inbox::default()),
+        _slot: slot,
+    });
+    socket.extensions.insert(conn);
+    socket.join(rooms);
+    socket.on_fallback(Dispatcher { app: app.clone() });
+    let on_gone = app.clone();
+    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
+        let app = on_gone.clone();
+        async move { on_disconnect(app, socket, reason).await }
+    });
+    Ok(())
+}
+
+/// The connect handler, run after the CONNECT ack: counts and logs the connection.
+pub fn on_connect<A: Adapter>(
+    app: App<A>,
+) -> impl FnOnce(SocketRef<A>) -> futures_util::future::Ready<()> + Clone + Send + Sync + 'static {
+    move |socket: SocketRef<A>| {
+        app.state.metrics.connected();
+        if let Some(conn) = conn_of(&socket) {
+            tracing::info!(sid = %socket.id, user = %conn.user.id, transport = ?socket.transport_type(), "connected");
+        }
+        futures_util::future::ready(())
+    }
+}
+
+async fn on_disconnect<A: Adapter>(app: App<A>, socket: SocketRef<A>, reason: DisconnectReason) {
+    let label = disconnect_label(reason);
+    app.state.metrics.disconnected(label);
+    app.metrics_feed.unsubscribe(socket.id);
+    let Some(conn) = conn_of(&socket) else { return };
+    tracing::info!(sid = %socket.id, user = %conn.user.id, reason = label, "disconnected");
+    for room in conn.joined_rooms() {
+        handlers::rooms::announce_left(&socket, &conn.user, &room).await;
+    }
+}
+
+fn disconnect_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "parse_error",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "server_shutdown",
+    }
+}
+
+/// Receives every event of a socket, in arrival order (socketioxide calls it from the
+/// connection's read loop), counts and rate-limits it there, and queues it so that one
+/// socket's events are handled one after the other, as the Node backend's clients expect.
+struct Dispatcher<A: Adapter> {
+    app: App<A>,
+}
+
+impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
+    fn call(&self, s: Arc<Socket<A>>, mut value: Value, ack: Option<i64>) {
+        let state = &self.app.state;
+        let Ok(Event(name)) = Event::from_message_parts(&s, &mut value, &ack) else { return };
+        let Some(conn) = conn_of(&s) else { return };
+        let event = ClientEvent::from_name(&name);
+        state.metrics.event(event);
+        let Some(event) = event else {
+            reply(&self.app, &s, ack, Err(AppError::invalid(format!("Unknown event {name:?}"))));
+            return;
+        };
+        if event.is_rate_limited() {
+            match conn.limiter.check() {
+                Verdict::Allow => {}
+                verdict => {
+                    state.metrics.rate_limited();
+                    reply(&self.app, &s, ack, Err(AppError::new(Code::RateLimited, "Too many events")));
+                    if verdict == Verdict::Disconnect {
+                        state.metrics.rate_limit_disconnect();
+                        tracing::warn!(sid = %s.id, user = %conn.user.id, "disconnecting a socket that keeps flooding");
+                        if let Err(e) = s.clone().disconnect() {
+                            tracing::warn!(sid = %s.id, error = %e, "could not disconnect a flooding socket");
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+        let start = {
+            let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            if inbox.queue.len() >= MAX_PENDING_EVENTS {
+                drop(inbox);
+                state.metrics.rate_limited();
+                reply(&self.app, &s, ack, Err(AppError::new(Code::RateLimited, "Too many events waiting")));
+                return;
+            }
+            inbox.queue.push_back(Job { event, value, ack });
+            !std::mem::replace(&mut inbox.running, true)
+        };
+        if start {
+            tokio::spawn(drain(self.app.clone(), s, conn));
+        }
+    }
+}
+
+/// Handles the socket's queued events one by one until the queue is empty.
+async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>) {
+    loop {
+        let job = {
+            let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            match inbox.queue.pop_front() {
+                Some(job) => job,
+                None => {
+                    inbox.running = false;
+                    return;
+                }
+            }
+        };
+        if !socket.connected() {
+            continue;
+        }
+        let Job { event, mut value, ack } = job;
+        let handled = std::panic::AssertUnwindSafe(handlers::handle(&app, &socket, &conn, event, &mut value))
+            .catch_unwind()
+            .await;
+        let result = handled.unwrap_or_else(|_| {
+            tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
+            Err(AppError::new(Code::Internal, "Internal error"))
+        });
+        reply(&app, &socket, ack, result);
+    }
+}
+
+/// Answers an event: its ack when the client asked for one, else an `error` event on
+/// failure and nothing on success.
+fn reply<A: Adapter>(app: &App<A>, socket: &Arc<Socket<A>>, ack: Option<i64>, result: Result<Json, AppError>) {
+    if let Err(e) = &result {
+        app.state.metrics.event_error(e.code.as_str());
+    }
+    let sent = match (result, ack) {
+        (Ok(body), Some(_)) => ack_sender(socket, ack).send(&success(body)),
+        (Err(e), Some(_)) => ack_sender(socket, ack).send(&Failure::from(&e)),
+        (Err(e), None) => socket.emit("error", &Failure::from(&e)),
+        (Ok(_), None) => Ok(()),
+    };
+    if let Err(e) = sent {
+        tracing::debug!(sid = %socket.id, error = %e, "could not answer an event");
+    }
+}
+
+fn ack_sender<A: Adapter>(socket: &Arc<Socket<A>>, ack: Option<i64>) -> AckSender<A> {
+    let mut empty = Value::Str(Default::default(), None);
+    match AckSender::from_message_parts(socket, &mut empty, &ack) {
+        Ok(sender) => sender,
+        Err(never) => match never {},
+    }
+}
+
+/// `{ success: true, ...body }`.
+fn success(body: Json) -> Json {
+    let mut out = match body {
+        Json::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    };
+    out.insert("success".into(), Json::Bool(true));
+    Json::Object(out)
+}

@@ -1,0 +1,182 @@
+//! `join_room`, `leave_room`, `broadcast_room`.
+
+use serde::Serialize;
+use serde_json::{Value as Json, json};
+use socketioxide::{adapter::Adapter, extract::SocketRef};
+use socketioxide_core::Value;
+
+use super::Cx;
+use crate::{
+    auth::User,
+    error::{AppError, Code},
+    rooms::Room,
+};
+
+/// Names a client may not broadcast: Socket.IO's reserved ones and every event the
+/// server itself sends, so that no client can forge a server event.
+const RESERVED_EVENTS: &[&str] = &[
+    "connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener",
+    "error", "message", "ping", "pong", "user_joined", "user_left", "new_comment",
+    "comment_updated", "comment_deleted", "mention", "typing_comment", "typing_stopped",
+    "status_change", "user_active", "task_updated", "user_activity", "time_tracking_updated",
+    "direct_message", "upload_progress", "document_uploaded", "document_chunk",
+    "document_complete", "metrics_update", "server_shutdown", "resource_updated", "notification",
+];
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Membership<'a> {
+    user_id: &'a str,
+    room_id: &'a str,
+}
+
+/// The room named by a payload that is a string or `{ room }`.
+fn room_arg(payload: &Json) -> Result<Room, AppError> {
+    let name = match payload {
+        Json::String(s) => s.as_str(),
+        Json::Object(o) => match o.get("room") {
+            Some(Json::String(s)) => s.as_str(),
+            _ => return Err(AppError::invalid("room must be a string")),
+        },
+        _ => return Err(AppError::invalid("A room name or { room } is required")),
+    };
+    parse_room(name)
+}
+
+fn parse_room(name: &str) -> Result<Room, AppError> {
+    name.parse().map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))
+}
+
+fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
+    socket.rooms().iter().any(|r| r == name)
+}
+
+/// Sockets in `room` on every instance.
+async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<usize, AppError> {
+    let sockets = cx
+        .app
+        .io
+        .within(name.to_owned())
+        .fetch_sockets()
+        .await
+        .map_err(|e| AppError::internal("counting the sockets of a room", e))?;
+    Ok(sockets.len())
+}
+
+/// `join_room`: `roomId` or `{ room }` → `{ room, size }`; others get `user_joined`.
+pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let room = room_arg(&cx.first::<Json>(value)?)?;
+    let user = &cx.conn.user;
+    if !room.granted_by_claims(user) {
+        return Err(AppError::forbidden("Not allowed in this room"));
+    }
+    let name = room.to_string();
+    let cfg = &cx.app.state.config;
+    if is_in(&cx.socket, &name) {
+        let size = room_size(cx, &name).await?;
+        return Ok(json!({ "room": name, "size": size }));
+    }
+    if cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).len() >= cfg.max_rooms_per_socket {
+        return Err(AppError::forbidden("Too many rooms for this connection"));
+    }
+    let size = {
+        let _guard = cx.app.state.room_lock(&name).lock().await;
+        let size = room_size(cx, &name).await?;
+        if cfg.max_room_size > 0 && size >= cfg.max_room_size {
+            return Err(AppError::new(Code::RoomFull, "Room is full"));
+        }
+        cx.socket.join(name.clone());
+        size + 1
+    };
+    cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).push(room);
+    let notice = Membership { user_id: user.id.as_str(), room_id: &name };
+    if let Err(e) = cx.socket.to(name.clone()).emit("user_joined", &notice).await {
+        tracing::warn!(room = %name, error = %e, "could not announce a join");
+    }
+    Ok(json!({ "room": name, "size": size }))
+}
+
+/// `leave_room`: `roomId` or `{ room }` → `{ room }`; others get `user_left`.
+pub async fn leave_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let room = room_arg(&cx.first::<Json>(value)?)?;
+    let name = room.to_string();
+    if !is_in(&cx.socket, &name) {
+        return Ok(json!({ "room": name }));
+    }
+    cx.socket.leave(name.clone());
+    cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| *r != room);
+    announce_left(&cx.socket, &cx.conn.user, &room).await;
+    Ok(json!({ "room": name }))
+}
+
+/// Tells the others in `room` that `user` left (on `leave_room` and on disconnect).
+pub async fn announce_left<A: Adapter>(socket: &SocketRef<A>, user: &User, room: &Room) {
+    let name = room.to_string();
+    let notice = Membership { user_id: user.id.as_str(), room_id: &name };
+    if let Err(e) = socket.to(name.clone()).emit("user_left", &notice).await {
+        tracing::warn!(room = %name, error = %e, "could not announce a leave");
+    }
+}
+
+fn valid_event_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
+        && name.len() <= 64
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
+        && !RESERVED_EVENTS.contains(&name)
+}
+
+/// `broadcast_room`: `(roomId, event, data)` or `{ room, event, data }`; the room, sender
+/// excluded, gets `event` with `data`.
+pub async fn broadcast_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let args = cx.all(value)?;
+    let (room, event, data) = match args.as_slice() {
+        [Json::Object(o), ..] => (o.get("room"), o.get("event"), o.get("data")),
+        [room, event, rest @ ..] => (Some(room), Some(event), rest.first()),
+        _ => (None, None, None),
+    };
+    let (Some(Json::String(room)), Some(Json::String(event))) = (room, event) else {
+        return Err(AppError::invalid("Expected (roomId, event, data) or { room, event, data }"));
+    };
+    let room = parse_room(room)?;
+    if !valid_event_name(event) {
+        return Err(AppError::invalid("This event name cannot be broadcast"));
+    }
+    if !cx.conn.user.can("room_broadcast") {
+        return Err(AppError::forbidden("Missing permission room_broadcast"));
+    }
+    let name = room.to_string();
+    if !is_in(&cx.socket, &name) {
+        return Err(AppError::forbidden("Join the room first"));
+    }
+    cx.socket
+        .to(name)
+        .emit(event.as_str(), data.unwrap_or(&Json::Null))
+        .await
+        .map_err(|e| AppError::internal("broadcasting to a room", e))?;
+    Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names() {
+        assert!(valid_event_name("drawing:updated"));
+        assert!(!valid_event_name(""));
+        assert!(!valid_event_name("1abc"));
+        assert!(!valid_event_name("user_joined"));
+        assert!(!valid_event_name("disconnect"));
+        assert!(!valid_event_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn room_payloads() {
+        assert_eq!(room_arg(&json!("project:1")).unwrap(), "project:1".parse().unwrap());
+        assert_eq!(room_arg(&json!({"room": "team:2"})).unwrap(), "team:2".parse().unwrap());
+        assert_eq!(room_arg(&json!(5)).unwrap_err().code, Code::InvalidPayload);
+        assert_eq!(room_arg(&json!({})).unwrap_err().code, Code::InvalidPayload);
+        assert_eq!(room_arg(&json!("nope")).unwrap_err().code, Code::InvalidRoom);
+    }
+}

@@ -1,0 +1,33 @@
+//! Trestle: a Socket.IO v4 server for the construction-project collaboration product.
+//!
+//! Existing socket.io clients connect unchanged; the client contract is
+//! `shared/CONTRACT.md`, and `docs/events.md` documents every event as implemented.
+//!
+//! # Layout
+//!
+//! - [`config`]: the one clap struct, every setting with its environment name.
+//! - [`server`]: the router with the Socket.IO layer, [`server::serve`] with its graceful
+//!   stop, and the shared [`server::AppState`].
+//! - [`connection`]: a socket's life: admission in the connect middleware (caps, token,
+//!   auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
+//! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
+//! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins.
+//! - [`limits`]: connection caps and the per-socket event bucket.
+//! - [`handlers`]: one module per event family, routed from [`handlers::handle`].
+//! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`.
+//! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod rooms;
+pub mod server;
+pub mod time;
+
+pub use config::Config;
+pub use server::{app, run, serve};

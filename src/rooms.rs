@@ -1,0 +1,224 @@
+//! Room names: a typed enum with parse and format, the access rules, the auto-joins.
+//!
+//! A client never invents a room name: every name it sends is parsed into a [`Room`]
+//! (anything else is `INVALID_ROOM`) and every name the server uses is formatted from one.
+//! Socket-id rooms are not [`Room`]s, so no client can join another socket's room.
+
+use std::{fmt, str::FromStr, sync::Arc};
+
+use crate::auth::User;
+
+/// A user, project, task or team id: 1 to 128 characters of `[A-Za-z0-9_.@-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(Arc<str>);
+
+impl Id {
+    /// The longest id accepted.
+    pub const MAX_LEN: usize = 128;
+
+    /// Parses an id, or `None` when it is empty, too long or has other characters.
+    pub fn parse(s: &str) -> Option<Id> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        ok.then(|| Id(Arc::from(s)))
+    }
+
+    /// An id from a JSON claim or payload value: a string, or an integer sent as a number.
+    pub fn from_json(v: &serde_json::Value) -> Option<Id> {
+        match v {
+            serde_json::Value::String(s) => Id::parse(s),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => Id::parse(&n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// An id built by the server itself (such as `anon:<socket id>`), not checked against
+    /// the id alphabet.
+    pub(crate) fn from_trusted(s: &str) -> Id {
+        Id(Arc::from(s))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Every room a client may name (contract section 2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Room {
+    /// `notifications:{userId}`: direct messages, mentions, published notifications.
+    Notifications(Id),
+    /// `contacts:{userId}`.
+    Contacts(Id),
+    /// `presence:{userId}`: that user's status changes.
+    Presence(Id),
+    /// `project:{p}`.
+    Project(Id),
+    /// `project:{p}:comments`.
+    ProjectComments(Id),
+    /// `project:{p}:activity`.
+    ProjectActivity(Id),
+    /// `task:{t}`.
+    Task(Id),
+    /// `task:{t}:comments`.
+    TaskComments(Id),
+    /// `task:{t}:time`.
+    TaskTime(Id),
+    /// `team:{m}`.
+    Team(Id),
+    /// `team:{m}:chat`.
+    TeamChat(Id),
+}
+
+/// A room name that is not one the server builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid room name")]
+pub struct InvalidRoom;
+
+impl FromStr for Room {
+    type Err = InvalidRoom;
+
+    fn from_str(name: &str) -> Result<Room, InvalidRoom> {
+        let mut parts = name.splitn(3, ':');
+        let kind = parts.next().ok_or(InvalidRoom)?;
+        let id = Id::parse(parts.next().ok_or(InvalidRoom)?).ok_or(InvalidRoom)?;
+        let sub = parts.next();
+        Ok(match (kind, sub) {
+            ("notifications", None) => Room::Notifications(id),
+            ("contacts", None) => Room::Contacts(id),
+            ("presence", None) => Room::Presence(id),
+            ("project", None) => Room::Project(id),
+            ("project", Some("comments")) => Room::ProjectComments(id),
+            ("project", Some("activity")) => Room::ProjectActivity(id),
+            ("task", None) => Room::Task(id),
+            ("task", Some("comments")) => Room::TaskComments(id),
+            ("task", Some("time")) => Room::TaskTime(id),
+            ("team", None) => Room::Team(id),
+            ("team", Some("chat")) => Room::TeamChat(id),
+            _ => return Err(InvalidRoom),
+        })
+    }
+}
+
+impl fmt::Display for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Room::Notifications(id) => write!(f, "notifications:{id}"),
+            Room::Contacts(id) => write!(f, "contacts:{id}"),
+            Room::Presence(id) => write!(f, "presence:{id}"),
+            Room::Project(id) => write!(f, "project:{id}"),
+            Room::ProjectComments(id) => write!(f, "project:{id}:comments"),
+            Room::ProjectActivity(id) => write!(f, "project:{id}:activity"),
+            Room::Task(id) => write!(f, "task:{id}"),
+            Room::TaskComments(id) => write!(f, "task:{id}:comments"),
+            Room::TaskTime(id) => write!(f, "task:{id}:time"),
+            Room::Team(id) => write!(f, "team:{id}"),
+            Room::TeamChat(id) => write!(f, "team:{id}:chat"),
+        }
+    }
+}
+
+impl Room {
+    /// Whether the claims of `user` grant this room (the access hook, later, may grant more).
+    pub fn granted_by_claims(&self, user: &User) -> bool {
+        if user.admin {
+            return true;
+        }
+        match self {
+            Room::Notifications(id) | Room::Contacts(id) => !user.anonymous && *id == user.id,
+            Room::Presence(_) => !user.anonymous,
+            Room::Project(p) | Room::ProjectComments(p) | Room::ProjectActivity(p) => {
+                user.projects.contains(p)
+            }
+            Room::Task(t) | Room::TaskComments(t) | Room::TaskTime(t) => user.tasks.contains(t),
+            Room::Team(m) | Room::TeamChat(m) => user.teams.contains(m),
+        }
+    }
+
+    /// The rooms a user joins on connect: own notifications, contacts and presence, and
+    /// the project and team rooms of the claims. Anonymous users join none.
+    pub fn automatic(user: &User) -> Vec<Room> {
+        if user.anonymous {
+            return Vec::new();
+        }
+        let mut rooms = vec![
+            Room::Notifications(user.id.clone()),
+            Room::Contacts(user.id.clone()),
+            Room::Presence(user.id.clone()),
+        ];
+        rooms.extend(user.projects.iter().cloned().map(Room::Project));
+        rooms.extend(user.teams.iter().cloned().map(Room::Team));
+        rooms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips() {
+        for name in [
+            "notifications:u1",
+            "contacts:u.1@x",
+            "presence:U-1_",
+            "project:42",
+            "project:42:comments",
+            "project:42:activity",
+            "task:t",
+            "task:t:comments",
+            "task:t:time",
+            "team:m",
+            "team:m:chat",
+        ] {
+            let room: Room = name.parse().unwrap();
+            assert_eq!(room.to_string(), name);
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let long = format!("project:{}", "a".repeat(129));
+        for name in [
+            "",
+            "foo",
+            "project",
+            "project:",
+            "project:a b",
+            "project:a:b",
+            "project:a:comments:x",
+            "Project:1",
+            "notifications:u:chat",
+            "team:m:comments",
+            "task:t:activity",
+            "project:\u{0}",
+            "project:ａ",
+            long.as_str(),
+        ] {
+            assert_eq!(name.parse::<Room>(), Err(InvalidRoom), "{name:?}");
+        }
+        assert!(format!("project:{}", "a".repeat(128)).parse::<Room>().is_ok());
+    }
+
+    #[test]
+    fn ids_accept_numbers_and_strings() {
+        assert_eq!(Id::from_json(&serde_json::json!(7)).unwrap().as_str(), "7");
+        assert_eq!(Id::from_json(&serde_json::json!("x@y")).unwrap().as_str(), "x@y");
+        assert!(Id::from_json(&serde_json::json!(1.5)).is_none());
+        assert!(Id::from_json(&serde_json::json!(null)).is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! The router, the Socket.IO layer, and the graceful stop.
+//!
+//! [`serve`] runs a server on a listener until a shutdown future completes: tests call it
+//! with a port-0 listener and a channel; `main` with the real port and the signals.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::Router;
+use serde::Serialize;
+use socketioxide::{SocketIo, adapter::Adapter, handler::ConnectHandler};
+use tokio::net::TcpListener;
+use tower_http::{
+    cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    auth::Verifier, config::Config, connection, handlers::metrics::MetricsFeed, http,
+    limits::ConnectionLimits, metrics::Metrics,
+};
+
+/// State shared by every connection and HTTP request of one server.
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Token verification with the pinned algorithms.
+    pub verifier: Verifier,
+    /// Connection counts per instance and per address.
+    pub limits: Arc<ConnectionLimits>,
+    /// Prometheus counters.
+    pub metrics: Metrics,
+    /// Set once a graceful stop has begun: `/ready` answers 503, connects are refused.
+    pub shutting_down: AtomicBool,
+    /// Serialises the size check and the join of `join_room` per room (striped), so two
+    /// concurrent joins cannot both take the last place.
+    room_locks: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl AppState {
+    /// Builds the state, refusing a configuration that cannot work.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let verifier = Verifier::from_config(&config)?;
+        Ok(AppState {
+            limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
+            verifier,
+            metrics: Metrics::new(),
+            shutting_down: AtomicBool::new(false),
+            room_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            config,
+        })
+    }
+
+    /// The lock that guards joins of `room`.
+    pub fn room_lock(&self, room: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
+        &self.room_locks[(h as usize) % self.room_locks.len()]
+    }
+
+    /// Whether a graceful stop has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// What handlers and HTTP routes work with: the shared state and the Socket.IO handle.
+pub struct App<A: Adapter> {
+    /// The shared state.
+    pub state: Arc<AppState>,
+    /// Emits, room operations and socket lookups.
+    pub io: SocketIo<A>,
+    /// `metrics_update` subscribers.
+    pub metrics_feed: Arc<MetricsFeed>,
+}
+
+impl<A: Adapter> Clone for App<A> {
+    fn clone(&self) -> Self {
+        App { state: self.state.clone(), io: self.io.clone(), metrics_feed: self.metrics_feed.clone() }
+    }
+}
+
+/// The router with the Socket.IO layer, and the handle needed to stop it gracefully.
+pub fn app(state: Arc<AppState>) -> (Router, App<socketioxide::adapter::LocalAdapter>) {
+    let cfg = &state.config;
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(cfg.ping_interval())
+        .ping_timeout(cfg.ping_timeout())
+        .max_payload(cfg.max_message_bytes)
+        .ws_max_message_size(cfg.max_message_bytes as usize)
+        .ws_max_frame_size(cfg.max_message_bytes as usize)
+        // Every idle connection keeps this buffer; 1 KiB saves about 3 KB per socket and
+        // larger messages still arrive whole (the buffer grows as needed).
+        .ws_read_buffer_size(1024)
+        // Packets waiting for a slow client. Past this, emits to that socket fail (typing
+        // relays are volatile and simply dropped); 256 leaves room for bursts of room
+        // traffic while bounding memory at a few hundred KB per stuck client.
+        .max_buffer_size(256)
+        .build_layer();
+    let app = App { state, io, metrics_feed: Arc::new(MetricsFeed::default()) };
+    app.io.ns("/", connection::on_connect(app.clone()).with(connection::admit(app.clone())));
+    let router = http::routes(app.clone()).layer(layer).layer(cors(&app.state.config)).layer(
+        TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // The path only: query strings may carry tokens and must never be logged.
+            tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+        }),
+    );
+    (router, app)
+}
+
+fn cors(cfg: &Config) -> CorsLayer {
+    let origins: Vec<_> = cfg.cors_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if origins.is_empty() || origins.contains(&"*") {
+        CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any)
+    } else {
+        let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .allow_credentials(true)
+    }
+}
+
+/// Binds the configured address and serves until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    serve(listener, config, shutdown_signal()).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops gracefully: `/ready` turns
+/// 503, every client gets `server_shutdown`, and after `SHUTDOWN_DRAIN_MS` the engine
+/// connections are closed (not a Socket.IO disconnect, so clients reconnect elsewhere).
+/// Returns once everything is closed or `SHUTDOWN_TIMEOUT_MS` has passed.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = Arc::new(AppState::new(config)?);
+    let (router, app) = app(state.clone());
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+
+    let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
+    let stopping = {
+        let app = app.clone();
+        async move {
+            shutdown.await;
+            let deadline = Duration::from_millis(app.state.config.shutdown_timeout_ms);
+            let _ = deadline_tx.send(deadline);
+            graceful_stop(&app).await;
+            let _ = stopped_tx.send(());
+        }
+    };
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stopping);
+    let server = async move { server.await.context("server failed") };
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        Ok(deadline) = deadline_rx => {
+            match tokio::time::timeout(deadline, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(?deadline, "shutdown deadline passed; exiting with connections still open");
+                    Ok(())
+                }
+            }
+        }
+    };
+    ticker.abort();
+    drop(stopped_rx);
+    tracing::info!("stopped");
+    result
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerShutdown {
+    message: &'static str,
+    reconnect_delay: u64,
+}
+
+async fn graceful_stop<A: Adapter>(app: &App<A>) {
+    let state = &app.state;
+    state.shutting_down.store(true, Ordering::Release);
+    tracing::info!(connections = state.limits.current(), "shutting down");
+    let notice = ServerShutdown {
+        message: "Server is shutting down",
+        reconnect_delay: state.config.shutdown_reconnect_delay_ms,
+    };
+    // Local only: with a cluster adapter a plain emit would reach every instance's clients.
+    if let Err(e) = app.io.local().emit("server_shutdown", &notice).await {
+        tracing::warn!(error = %e, "could not notify every client of the shutdown");
+    }
+    tokio::time::sleep(Duration::from_millis(state.config.shutdown_drain_ms)).await;
+    // Closes the engine connections after what is queued (server_shutdown included) has
+    // been written, and runs every disconnect handler.
+    app.io.close().await;
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
