@@ -127,9 +127,11 @@ impl User {
             _ => Arc::from(id.as_str()),
         };
         let permissions: Box<[Box<str>]> = match claims.get("permissions") {
-            Some(Value::Array(items)) => {
-                items.iter().filter_map(Value::as_str).map(Box::from).collect()
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(Box::from)
+                .collect(),
             _ => Box::new([]),
         };
         Some(User {
@@ -187,7 +189,9 @@ pub struct Verifier {
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Verifier").field("algorithms", &self.algorithms).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -197,12 +201,19 @@ impl Verifier {
         let public_key = match (&cfg.jwt_public_key, &cfg.jwt_public_key_file) {
             (Some(k), _) if !k.trim().is_empty() => Some(k.clone()),
             (_, Some(path)) => Some(std::fs::read_to_string(path).map_err(|e| {
-                AuthConfigError(format!("cannot read JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))
+                AuthConfigError(format!(
+                    "cannot read JWT_PUBLIC_KEY_FILE {}: {e}",
+                    path.display()
+                ))
             })?),
             _ => None,
         };
         let names: Vec<String> = if cfg.jwt_algorithms.iter().any(|a| !a.trim().is_empty()) {
-            cfg.jwt_algorithms.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect()
+            cfg.jwt_algorithms
+                .iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect()
         } else if public_key.is_some() {
             vec!["RS256".into(), "ES256".into()]
         } else {
@@ -237,7 +248,9 @@ impl Verifier {
             None => (None, None),
         };
         if public_key.is_some() && rsa.is_none() && ec.is_none() {
-            return Err(AuthConfigError("JWT_PUBLIC_KEY is not an RSA or EC public key in PEM".into()));
+            return Err(AuthConfigError(
+                "JWT_PUBLIC_KEY is not an RSA or EC public key in PEM".into(),
+            ));
         }
         let verifier = Verifier {
             algorithms,
@@ -250,7 +263,11 @@ impl Verifier {
         if cfg.auth_required {
             for alg in &verifier.algorithms {
                 if verifier.key_for(*alg).is_none() {
-                    let need = if is_hmac(*alg) { "JWT_SECRET" } else { "JWT_PUBLIC_KEY" };
+                    let need = if is_hmac(*alg) {
+                        "JWT_SECRET"
+                    } else {
+                        "JWT_PUBLIC_KEY"
+                    };
                     return Err(AuthConfigError(format!(
                         "{need} is required: AUTH_REQUIRED is true and JWT_ALGORITHMS includes {alg:?}"
                     )));
@@ -314,8 +331,12 @@ mod tests {
     }
 
     fn token(claims: Value, secret: &str) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-            .unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn exp_in(secs: i64) -> i64 {
@@ -340,13 +361,36 @@ mod tests {
     #[test]
     fn failures_map_to_the_contract_messages() {
         let v = verifier();
-        assert_eq!(v.verify(&token(json!({"sub": "u", "exp": exp_in(-10)}), "secret")).unwrap_err(), AuthError::Expired);
-        assert_eq!(v.verify(&token(json!({"sub": "u", "exp": exp_in(60)}), "other")).unwrap_err(), AuthError::Failed);
-        assert_eq!(v.verify(&token(json!({"sub": "u"}), "secret")).unwrap_err(), AuthError::Failed);
-        assert_eq!(v.verify(&token(json!({"exp": exp_in(60)}), "secret")).unwrap_err(), AuthError::Failed);
-        assert_eq!(v.verify(&token(json!({"sub": "a b", "exp": exp_in(60)}), "secret")).unwrap_err(), AuthError::Failed);
         assert_eq!(
-            v.verify(&token(json!({"sub": "u", "exp": exp_in(60), "nbf": exp_in(30)}), "secret")).unwrap_err(),
+            v.verify(&token(json!({"sub": "u", "exp": exp_in(-10)}), "secret"))
+                .unwrap_err(),
+            AuthError::Expired
+        );
+        assert_eq!(
+            v.verify(&token(json!({"sub": "u", "exp": exp_in(60)}), "other"))
+                .unwrap_err(),
+            AuthError::Failed
+        );
+        assert_eq!(
+            v.verify(&token(json!({"sub": "u"}), "secret")).unwrap_err(),
+            AuthError::Failed
+        );
+        assert_eq!(
+            v.verify(&token(json!({"exp": exp_in(60)}), "secret"))
+                .unwrap_err(),
+            AuthError::Failed
+        );
+        assert_eq!(
+            v.verify(&token(json!({"sub": "a b", "exp": exp_in(60)}), "secret"))
+                .unwrap_err(),
+            AuthError::Failed
+        );
+        assert_eq!(
+            v.verify(&token(
+                json!({"sub": "u", "exp": exp_in(60), "nbf": exp_in(30)}),
+                "secret"
+            ))
+            .unwrap_err(),
             AuthError::Failed
         );
         assert_eq!(v.verify("not.a.token").unwrap_err(), AuthError::Failed);

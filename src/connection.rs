@@ -61,7 +61,10 @@ struct Job {
 impl Conn {
     /// The rooms this socket joined with `join_room`, as a copy.
     pub fn joined_rooms(&self) -> Vec<Room> {
-        self.joined.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -117,7 +120,11 @@ pub fn admit<A: Adapter>(
     }
 }
 
-fn admit_socket<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, auth: Option<&Json>) -> Result<(), Refused> {
+fn admit_socket<A: Adapter>(
+    app: &App<A>,
+    socket: &SocketRef<A>,
+    auth: Option<&Json>,
+) -> Result<(), Refused> {
     let state = &app.state;
     let cfg = &state.config;
     if state.is_shutting_down() {
@@ -125,10 +132,13 @@ fn admit_socket<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, auth: Option<&J
         return Err(Refused("Server at capacity".into()));
     }
     let parts = socket.req_parts();
-    let slot = state.limits.admit(client_ip(parts, cfg.trust_proxy)).map_err(|r| {
-        state.metrics.refused(r.reason());
-        Refused(r.to_string())
-    })?;
+    let slot = state
+        .limits
+        .admit(client_ip(parts, cfg.trust_proxy))
+        .map_err(|r| {
+            state.metrics.refused(r.reason());
+            Refused(r.to_string())
+        })?;
     let user = match find_token(auth, parts) {
         Some(token) => state.verifier.verify(&token),
         None if !cfg.auth_required => Ok(User::anonymous(&socket.id.to_string())),
@@ -210,12 +220,19 @@ struct Dispatcher<A: Adapter> {
 impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
     fn call(&self, s: Arc<Socket<A>>, mut value: Value, ack: Option<i64>) {
         let state = &self.app.state;
-        let Ok(Event(name)) = Event::from_message_parts(&s, &mut value, &ack) else { return };
+        let Ok(Event(name)) = Event::from_message_parts(&s, &mut value, &ack) else {
+            return;
+        };
         let Some(conn) = conn_of(&s) else { return };
         let event = ClientEvent::from_name(&name);
         state.metrics.event(event);
         let Some(event) = event else {
-            reply(&self.app, &s, ack, Err(AppError::invalid(format!("Unknown event {name:?}"))));
+            reply(
+                &self.app,
+                &s,
+                ack,
+                Err(AppError::invalid(format!("Unknown event {name:?}"))),
+            );
             return;
         };
         if event.is_rate_limited() {
@@ -223,7 +240,12 @@ impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
                 Verdict::Allow => {}
                 verdict => {
                     state.metrics.rate_limited();
-                    reply(&self.app, &s, ack, Err(AppError::new(Code::RateLimited, "Too many events")));
+                    reply(
+                        &self.app,
+                        &s,
+                        ack,
+                        Err(AppError::new(Code::RateLimited, "Too many events")),
+                    );
                     if verdict == Verdict::Disconnect {
                         state.metrics.rate_limit_disconnect();
                         tracing::warn!(sid = %s.id, user = %conn.user.id, "disconnecting a socket that keeps flooding");
@@ -240,7 +262,12 @@ impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
             if inbox.queue.len() >= MAX_PENDING_EVENTS {
                 drop(inbox);
                 state.metrics.rate_limited();
-                reply(&self.app, &s, ack, Err(AppError::new(Code::RateLimited, "Too many events waiting")));
+                reply(
+                    &self.app,
+                    &s,
+                    ack,
+                    Err(AppError::new(Code::RateLimited, "Too many events waiting")),
+                );
                 return;
             }
             inbox.queue.push_back(Job { event, value, ack });
@@ -268,10 +295,15 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
         if !socket.connected() {
             continue;
         }
-        let Job { event, mut value, ack } = job;
-        let handled = std::panic::AssertUnwindSafe(handlers::handle(&app, &socket, &conn, event, &mut value))
-            .catch_unwind()
-            .await;
+        let Job {
+            event,
+            mut value,
+            ack,
+        } = job;
+        let handled =
+            std::panic::AssertUnwindSafe(handlers::handle(&app, &socket, &conn, event, &mut value))
+                .catch_unwind()
+                .await;
         let result = handled.unwrap_or_else(|_| {
             tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
             Err(AppError::new(Code::Internal, "Internal error"))
@@ -282,7 +314,12 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
 
 /// Answers an event: its ack when the client asked for one, else an `error` event on
 /// failure and nothing on success.
-fn reply<A: Adapter>(app: &App<A>, socket: &Arc<Socket<A>>, ack: Option<i64>, result: Result<Json, AppError>) {
+fn reply<A: Adapter>(
+    app: &App<A>,
+    socket: &Arc<Socket<A>>,
+    ack: Option<i64>,
+    result: Result<Json, AppError>,
+) {
     if let Err(e) = &result {
         app.state.metrics.event_error(e.code.as_str());
     }

@@ -60,7 +60,10 @@ pub struct AppError {
 impl AppError {
     /// An error with the given code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// `INVALID_PAYLOAD` with a message naming what is wrong.
@@ -90,6 +93,10 @@ pub struct Failure<'a> {
 
 impl<'a> From<&'a AppError> for Failure<'a> {
     fn from(e: &'a AppError) -> Self {
-        Failure { success: false, error: &e.message, code: e.code }
+        Failure {
+            success: false,
+            error: &e.message,
+            code: e.code,
+        }
     }
 }

@@ -80,7 +80,10 @@ impl ConnectionLimits {
             return Err(Refusal::PerIp);
         }
         *n += 1;
-        Ok(ConnSlot { limits: self.clone(), ip })
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
     }
 
     /// Connections holding a place now.
@@ -144,7 +147,8 @@ impl EventLimiter {
     /// a row the socket is to be disconnected.
     pub fn new(per_minute: u32, disconnect_after: u32) -> Self {
         EventLimiter {
-            bucket: NonZeroU32::new(per_minute).map(|n| DefaultDirectRateLimiter::direct(Quota::per_minute(n))),
+            bucket: NonZeroU32::new(per_minute)
+                .map(|n| DefaultDirectRateLimiter::direct(Quota::per_minute(n))),
             refused_in_a_row: AtomicU32::new(0),
             disconnect_after,
         }
@@ -152,7 +156,9 @@ impl EventLimiter {
 
     /// Takes one token for an event.
     pub fn check(&self) -> Verdict {
-        let Some(bucket) = &self.bucket else { return Verdict::Allow };
+        let Some(bucket) = &self.bucket else {
+            return Verdict::Allow;
+        };
         if bucket.check().is_ok() {
             self.refused_in_a_row.store(0, Ordering::Relaxed);
             return Verdict::Allow;
@@ -189,7 +195,10 @@ mod tests {
     #[test]
     fn the_bucket_refuses_then_disconnects() {
         let limiter = EventLimiter::new(3, 2);
-        assert_eq!([limiter.check(), limiter.check(), limiter.check()], [Verdict::Allow; 3]);
+        assert_eq!(
+            [limiter.check(), limiter.check(), limiter.check()],
+            [Verdict::Allow; 3]
+        );
         assert_eq!(limiter.check(), Verdict::Refuse);
         assert_eq!(limiter.check(), Verdict::Disconnect);
         let off = EventLimiter::new(0, 2);

@@ -11,7 +11,11 @@ async fn main() -> ExitCode {
     let config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
-        LogFormat::Json => fmt().json().with_env_filter(filter).with_current_span(false).init(),
+        LogFormat::Json => fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .init(),
         LogFormat::Pretty => fmt().with_env_filter(filter).init(),
     }
     match trestle::run(config).await {

@@ -41,17 +41,45 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
         let describe = |name: &'static str, help: &'static str| {
-            recorder.describe_counter(KeyName::from_const_str(name), None, SharedString::const_str(help));
+            recorder.describe_counter(
+                KeyName::from_const_str(name),
+                None,
+                SharedString::const_str(help),
+            );
         };
-        describe("trestle_connected_sockets", "Socket.IO clients connected to this instance");
-        describe("trestle_connections_total", "Socket.IO connections accepted since start");
+        describe(
+            "trestle_connected_sockets",
+            "Socket.IO clients connected to this instance",
+        );
+        describe(
+            "trestle_connections_total",
+            "Socket.IO connections accepted since start",
+        );
         describe("trestle_disconnects_total", "Disconnections by reason");
-        describe("trestle_connections_refused_total", "Connections refused before auth, by reason");
-        describe("trestle_auth_failures_total", "Connections refused by authentication, by reason");
-        describe("trestle_events_received_total", "Client events received, by event name");
-        describe("trestle_event_errors_total", "Client events answered with success: false, by code");
-        describe("trestle_rate_limited_total", "Client events refused with RATE_LIMITED");
-        describe("trestle_rate_limit_disconnects_total", "Sockets disconnected for flooding");
+        describe(
+            "trestle_connections_refused_total",
+            "Connections refused before auth, by reason",
+        );
+        describe(
+            "trestle_auth_failures_total",
+            "Connections refused by authentication, by reason",
+        );
+        describe(
+            "trestle_events_received_total",
+            "Client events received, by event name",
+        );
+        describe(
+            "trestle_event_errors_total",
+            "Client events answered with success: false, by code",
+        );
+        describe(
+            "trestle_rate_limited_total",
+            "Client events refused with RATE_LIMITED",
+        );
+        describe(
+            "trestle_rate_limit_disconnects_total",
+            "Sockets disconnected for flooding",
+        );
         describe("trestle_api_emit_total", "Accepted POST /api/emit requests");
         describe("trestle_uptime_seconds", "Seconds since the server started");
         let counter = |name: &'static str, labels: Vec<Label>| {
@@ -59,15 +87,25 @@ impl Metrics {
         };
         let events = ClientEvent::ALL
             .iter()
-            .map(|e| counter("trestle_events_received_total", vec![Label::new("event", e.name())]))
+            .map(|e| {
+                counter(
+                    "trestle_events_received_total",
+                    vec![Label::new("event", e.name())],
+                )
+            })
             .collect();
         Metrics {
             handle: recorder.handle(),
-            connected: recorder
-                .register_gauge(&Key::from_static_name("trestle_connected_sockets"), &METADATA),
+            connected: recorder.register_gauge(
+                &Key::from_static_name("trestle_connected_sockets"),
+                &METADATA,
+            ),
             connections_total: counter("trestle_connections_total", vec![]),
             events,
-            events_unknown: counter("trestle_events_received_total", vec![Label::new("event", "unknown")]),
+            events_unknown: counter(
+                "trestle_events_received_total",
+                vec![Label::new("event", "unknown")],
+            ),
             events_seen: AtomicU64::new(0),
             rate_limited: counter("trestle_rate_limited_total", vec![]),
             api_emit: counter("trestle_api_emit_total", vec![]),
@@ -78,7 +116,10 @@ impl Metrics {
 
     fn count(&self, name: &'static str, label: &'static str, value: &'static str) {
         self.recorder
-            .register_counter(&Key::from_parts(name, vec![Label::new(label, value)]), &METADATA)
+            .register_counter(
+                &Key::from_parts(name, vec![Label::new(label, value)]),
+                &METADATA,
+            )
             .increment(1);
     }
 
@@ -124,7 +165,10 @@ impl Metrics {
     /// A flooding socket was disconnected.
     pub fn rate_limit_disconnect(&self) {
         self.recorder
-            .register_counter(&Key::from_static_name("trestle_rate_limit_disconnects_total"), &METADATA)
+            .register_counter(
+                &Key::from_static_name("trestle_rate_limit_disconnects_total"),
+                &METADATA,
+            )
             .increment(1);
     }
 

@@ -20,7 +20,8 @@ impl Id {
     pub fn parse(s: &str) -> Option<Id> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
         ok.then(|| Id(Arc::from(s)))
     }
 
@@ -211,13 +212,20 @@ mod tests {
         ] {
             assert_eq!(name.parse::<Room>(), Err(InvalidRoom), "{name:?}");
         }
-        assert!(format!("project:{}", "a".repeat(128)).parse::<Room>().is_ok());
+        assert!(
+            format!("project:{}", "a".repeat(128))
+                .parse::<Room>()
+                .is_ok()
+        );
     }
 
     #[test]
     fn ids_accept_numbers_and_strings() {
         assert_eq!(Id::from_json(&serde_json::json!(7)).unwrap().as_str(), "7");
-        assert_eq!(Id::from_json(&serde_json::json!("x@y")).unwrap().as_str(), "x@y");
+        assert_eq!(
+            Id::from_json(&serde_json::json!("x@y")).unwrap().as_str(),
+            "x@y"
+        );
         assert!(Id::from_json(&serde_json::json!(1.5)).is_none());
         assert!(Id::from_json(&serde_json::json!(null)).is_none());
     }

@@ -84,7 +84,11 @@ pub struct App<A: Adapter> {
 
 impl<A: Adapter> Clone for App<A> {
     fn clone(&self) -> Self {
-        App { state: self.state.clone(), io: self.io.clone(), metrics_feed: self.metrics_feed.clone() }
+        App {
+            state: self.state.clone(),
+            io: self.io.clone(),
+            metrics_feed: self.metrics_feed.clone(),
+        }
     }
 }
 
@@ -105,23 +109,44 @@ pub fn app(state: Arc<AppState>) -> (Router, App<socketioxide::adapter::LocalAda
         // traffic while bounding memory at a few hundred KB per stuck client.
         .max_buffer_size(256)
         .build_layer();
-    let app = App { state, io, metrics_feed: Arc::new(MetricsFeed::default()) };
-    app.io.ns("/", connection::on_connect(app.clone()).with(connection::admit(app.clone())));
-    let router = http::routes(app.clone()).layer(layer).layer(cors(&app.state.config)).layer(
-        TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            // The path only: query strings may carry tokens and must never be logged.
-            tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
-        }),
+    let app = App {
+        state,
+        io,
+        metrics_feed: Arc::new(MetricsFeed::default()),
+    };
+    app.io.ns(
+        "/",
+        connection::on_connect(app.clone()).with(connection::admit(app.clone())),
     );
+    let router = http::routes(app.clone())
+        .layer(layer)
+        .layer(cors(&app.state.config))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                // The path only: query strings may carry tokens and must never be logged.
+                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+            }),
+        );
     (router, app)
 }
 
 fn cors(cfg: &Config) -> CorsLayer {
-    let origins: Vec<_> = cfg.cors_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let origins: Vec<_> = cfg
+        .cors_origins
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if origins.is_empty() || origins.contains(&"*") {
-        CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any)
+        CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods(Any)
+            .allow_headers(Any)
     } else {
-        let list = origins.iter().filter_map(|o| o.parse().ok()).collect::<Vec<_>>();
+        let list = origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect::<Vec<_>>();
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(list))
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
@@ -133,7 +158,9 @@ fn cors(cfg: &Config) -> CorsLayer {
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     serve(listener, config, shutdown_signal()).await
 }
 
@@ -164,8 +191,11 @@ pub async fn serve(
             let _ = stopped_tx.send(());
         }
     };
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stopping);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping);
     let server = async move { server.await.context("server failed") };
     tokio::pin!(server);
     let result = tokio::select! {

@@ -8,7 +8,9 @@ const ISO: &[FormatItem<'static>] =
 
 /// Formats a UTC time as `2026-01-02T03:04:05.678Z`.
 pub fn iso(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC).format(ISO).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.to_offset(time::UtcOffset::UTC)
+        .format(ISO)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 /// The current time as an ISO string.

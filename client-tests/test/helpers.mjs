@@ -50,8 +50,8 @@ const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 /**
  * Starts a server on a free port with the harness env plus `overrides`
  * (a value of undefined or null removes that variable). Resolves once
- * GET /health answers 200. Call `server.stop()` (SIGTERM, await exit) when done;
- * `startServer(t?, ...)`-style registration is left to the caller (use `after`).
+ * GET /health answers 200. The caller registers `server.stop()` (closes the sockets
+ * opened through this server object, SIGTERM, awaits the exit) in an `after` hook.
  */
 export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = {}) {
   const port = await freePort();
@@ -299,8 +299,8 @@ export async function flush(server, ...sockets) {
   await Promise.all(
     sockets.map(async (socket) => {
       const nonce = `${process.pid}-${++markerSeq}`;
-      const arrived = waitFor(socket, '__flush_marker', 3000, (d) => d?.nonce === nonce);
-      const res = await apiEmit(server.url, { rooms: [socket.id], event: '__flush_marker', data: { nonce } }, server.apiKey);
+      const arrived = waitFor(socket, 'flush_marker', 3000, (d) => d?.nonce === nonce);
+      const res = await apiEmit(server.url, { rooms: [socket.id], event: 'flush_marker', data: { nonce } }, server.apiKey);
       assert.equal(res.status, 202, `flush marker refused: ${res.status} ${JSON.stringify(res.body)}`);
       await arrived;
     }),

@@ -59,12 +59,15 @@ describe('health, readiness, metrics, 404', () => {
   });
 
   test('GET /metrics names the Trestle metrics', async () => {
-    // make every metric have something to say
+    // a connection, an event and an auth failure have happened; no disconnect and no
+    // rate-limited event yet: those two counters are expected to be there from the start
     const s = await connectAs(server, { userId: 'metrics-names' });
-    await emitAck(s, 'join_room', 'presence:metrics-names');
-    s.close();
+    assert.equal((await emitAck(s, 'join_room', 'presence:metrics-names')).success, true);
+    await connectError(server, { auth: { token: 'garbage' } });
     const { text } = await httpGet(server, '/metrics');
     for (const name of METRIC_NAMES) assert.match(text, new RegExp(`^(# (HELP|TYPE) )?${name}\\b`, 'm'), `${name} missing`);
+    assert.equal(metricValue(text, 'trestle_connected_sockets'), 1, 'trestle_connected_sockets counts the one connected socket');
+    s.close();
   });
 
   test('a refused token counts in trestle_auth_failures_total', async () => {

@@ -19,12 +19,20 @@ pub struct MetricsFeed {
 
 impl MetricsFeed {
     fn subscribers(&self) -> Vec<Sid> {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Stops sending to `sid` (unsubscribe or disconnect).
     pub fn unsubscribe(&self, sid: Sid) {
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).remove(&sid);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sid);
     }
 }
 
@@ -67,7 +75,12 @@ pub async fn subscribe_metrics<A: Adapter>(cx: &Cx<'_, A>) -> Result<Json, AppEr
     }
     let rate = cx.app.metrics_feed.last_rate();
     let snap = snapshot(cx.app, rate).await;
-    cx.app.metrics_feed.subscribers.lock().unwrap_or_else(|e| e.into_inner()).insert(cx.socket.id);
+    cx.app
+        .metrics_feed
+        .subscribers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(cx.socket.id);
     if let Err(e) = cx.socket.emit("metrics_update", &snap) {
         tracing::debug!(sid = %cx.socket.id, error = %e, "could not send metrics_update");
     }
@@ -96,10 +109,16 @@ pub async fn publish_every<A: Adapter>(app: App<A>) {
         tick.tick().await;
         let now = (tokio::time::Instant::now(), app.state.metrics.events_seen());
         let secs = now.0.duration_since(last.0).as_secs_f64();
-        let rate = if secs > 0.0 { (now.1 - last.1) as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            (now.1 - last.1) as f64 / secs
+        } else {
+            0.0
+        };
         let rate = (rate * 100.0).round() / 100.0;
         last = now;
-        app.metrics_feed.rate_bits.store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        app.metrics_feed
+            .rate_bits
+            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
         let subscribers = app.metrics_feed.subscribers();
         if subscribers.is_empty() {
             continue;

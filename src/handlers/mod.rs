@@ -85,7 +85,9 @@ impl<A: Adapter> Cx<'_, A> {
     pub fn first<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
         match TryData::<T>::from_message_parts(self.raw, value, &None) {
             Ok(TryData(Ok(v))) => Ok(v),
-            _ => Err(AppError::invalid("The payload does not have the expected shape")),
+            _ => Err(AppError::invalid(
+                "The payload does not have the expected shape",
+            )),
         }
     }
 
@@ -93,7 +95,9 @@ impl<A: Adapter> Cx<'_, A> {
     pub fn all(&self, value: &mut Value) -> Result<Vec<Json>, AppError> {
         match TryData::<Args>::from_message_parts(self.raw, value, &None) {
             Ok(TryData(Ok(Args(v)))) => Ok(v),
-            _ => Err(AppError::invalid("The payload does not have the expected shape")),
+            _ => Err(AppError::invalid(
+                "The payload does not have the expected shape",
+            )),
         }
     }
 }
@@ -134,7 +138,12 @@ pub async fn handle<A: Adapter>(
         Ok(s) => s,
         Err(never) => match never {},
     };
-    let cx = Cx { app, socket: socket_ref, conn, raw: socket };
+    let cx = Cx {
+        app,
+        socket: socket_ref,
+        conn,
+        raw: socket,
+    };
     match event {
         ClientEvent::JoinRoom => rooms::join_room(&cx, value).await,
         ClientEvent::LeaveRoom => rooms::leave_room(&cx, value).await,

@@ -15,12 +15,38 @@ use crate::{
 /// Names a client may not broadcast: Socket.IO's reserved ones and every event the
 /// server itself sends, so that no client can forge a server event.
 const RESERVED_EVENTS: &[&str] = &[
-    "connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener",
-    "error", "message", "ping", "pong", "user_joined", "user_left", "new_comment",
-    "comment_updated", "comment_deleted", "mention", "typing_comment", "typing_stopped",
-    "status_change", "user_active", "task_updated", "user_activity", "time_tracking_updated",
-    "direct_message", "upload_progress", "document_uploaded", "document_chunk",
-    "document_complete", "metrics_update", "server_shutdown", "resource_updated", "notification",
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+    "error",
+    "message",
+    "ping",
+    "pong",
+    "user_joined",
+    "user_left",
+    "new_comment",
+    "comment_updated",
+    "comment_deleted",
+    "mention",
+    "typing_comment",
+    "typing_stopped",
+    "status_change",
+    "user_active",
+    "task_updated",
+    "user_activity",
+    "time_tracking_updated",
+    "direct_message",
+    "upload_progress",
+    "document_uploaded",
+    "document_chunk",
+    "document_complete",
+    "metrics_update",
+    "server_shutdown",
+    "resource_updated",
+    "notification",
 ];
 
 #[derive(Serialize)]
@@ -44,7 +70,8 @@ fn room_arg(payload: &Json) -> Result<Room, AppError> {
 }
 
 fn parse_room(name: &str) -> Result<Room, AppError> {
-    name.parse().map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))
+    name.parse()
+        .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))
 }
 
 fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
@@ -76,7 +103,14 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
         let size = room_size(cx, &name).await?;
         return Ok(json!({ "room": name, "size": size }));
     }
-    if cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).len() >= cfg.max_rooms_per_socket {
+    if cx
+        .conn
+        .joined
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len()
+        >= cfg.max_rooms_per_socket
+    {
         return Err(AppError::forbidden("Too many rooms for this connection"));
     }
     let size = {
@@ -88,9 +122,21 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
         cx.socket.join(name.clone());
         size + 1
     };
-    cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).push(room);
-    let notice = Membership { user_id: user.id.as_str(), room_id: &name };
-    if let Err(e) = cx.socket.to(name.clone()).emit("user_joined", &notice).await {
+    cx.conn
+        .joined
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(room);
+    let notice = Membership {
+        user_id: user.id.as_str(),
+        room_id: &name,
+    };
+    if let Err(e) = cx
+        .socket
+        .to(name.clone())
+        .emit("user_joined", &notice)
+        .await
+    {
         tracing::warn!(room = %name, error = %e, "could not announce a join");
     }
     Ok(json!({ "room": name, "size": size }))
@@ -104,7 +150,11 @@ pub async fn leave_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result
         return Ok(json!({ "room": name }));
     }
     cx.socket.leave(name.clone());
-    cx.conn.joined.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| *r != room);
+    cx.conn
+        .joined
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|r| *r != room);
     announce_left(&cx.socket, &cx.conn.user, &room).await;
     Ok(json!({ "room": name }))
 }
@@ -112,7 +162,10 @@ pub async fn leave_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result
 /// Tells the others in `room` that `user` left (on `leave_room` and on disconnect).
 pub async fn announce_left<A: Adapter>(socket: &SocketRef<A>, user: &User, room: &Room) {
     let name = room.to_string();
-    let notice = Membership { user_id: user.id.as_str(), room_id: &name };
+    let notice = Membership {
+        user_id: user.id.as_str(),
+        room_id: &name,
+    };
     if let Err(e) = socket.to(name.clone()).emit("user_left", &notice).await {
         tracing::warn!(room = %name, error = %e, "could not announce a leave");
     }
@@ -128,7 +181,10 @@ fn valid_event_name(name: &str) -> bool {
 
 /// `broadcast_room`: `(roomId, event, data)` or `{ room, event, data }`; the room, sender
 /// excluded, gets `event` with `data`.
-pub async fn broadcast_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+pub async fn broadcast_room<A: Adapter>(
+    cx: &Cx<'_, A>,
+    value: &mut Value,
+) -> Result<Json, AppError> {
     let args = cx.all(value)?;
     let (room, event, data) = match args.as_slice() {
         [Json::Object(o), ..] => (o.get("room"), o.get("event"), o.get("data")),
@@ -136,7 +192,9 @@ pub async fn broadcast_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Re
         _ => (None, None, None),
     };
     let (Some(Json::String(room)), Some(Json::String(event))) = (room, event) else {
-        return Err(AppError::invalid("Expected (roomId, event, data) or { room, event, data }"));
+        return Err(AppError::invalid(
+            "Expected (roomId, event, data) or { room, event, data }",
+        ));
     };
     let room = parse_room(room)?;
     if !valid_event_name(event) {
@@ -173,10 +231,19 @@ mod tests {
 
     #[test]
     fn room_payloads() {
-        assert_eq!(room_arg(&json!("project:1")).unwrap(), "project:1".parse().unwrap());
-        assert_eq!(room_arg(&json!({"room": "team:2"})).unwrap(), "team:2".parse().unwrap());
+        assert_eq!(
+            room_arg(&json!("project:1")).unwrap(),
+            "project:1".parse().unwrap()
+        );
+        assert_eq!(
+            room_arg(&json!({"room": "team:2"})).unwrap(),
+            "team:2".parse().unwrap()
+        );
         assert_eq!(room_arg(&json!(5)).unwrap_err().code, Code::InvalidPayload);
         assert_eq!(room_arg(&json!({})).unwrap_err().code, Code::InvalidPayload);
-        assert_eq!(room_arg(&json!("nope")).unwrap_err().code, Code::InvalidRoom);
+        assert_eq!(
+            room_arg(&json!("nope")).unwrap_err().code,
+            Code::InvalidRoom
+        );
     }
 }

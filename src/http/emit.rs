@@ -18,8 +18,14 @@ const MAX_BODY: usize = 1_000_000;
 /// Most rooms (or excepted rooms) in one request.
 const MAX_ROOMS: usize = 1000;
 /// Names Socket.IO reserves for itself; emitting them would confuse clients.
-const RESERVED: &[&str] =
-    &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+const RESERVED: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,8 +52,14 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 }
 
 fn authorized(req: &Request, api_key: Option<&str>) -> bool {
-    let Some(expected) = api_key.filter(|k| !k.is_empty()) else { return false };
-    let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(expected) = api_key.filter(|k| !k.is_empty()) else {
+        return false;
+    };
+    let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     match value.trim().split_once(char::is_whitespace) {
@@ -82,14 +94,26 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("Invalid body: {e}")),
     };
     if request.rooms.is_empty() || !valid_targets(&request.rooms) {
-        return error(StatusCode::BAD_REQUEST, "rooms must be a non-empty array of room names or socket ids");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "rooms must be a non-empty array of room names or socket ids",
+        );
     }
     let except = request.except.unwrap_or_default();
     if !valid_targets(&except) {
-        return error(StatusCode::BAD_REQUEST, "except must be an array of room names or socket ids");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "except must be an array of room names or socket ids",
+        );
     }
-    if request.event.is_empty() || request.event.len() > 128 || RESERVED.contains(&request.event.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "event must be a non-reserved name of 1 to 128 characters");
+    if request.event.is_empty()
+        || request.event.len() > 128
+        || RESERVED.contains(&request.event.as_str())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "event must be a non-reserved name of 1 to 128 characters",
+        );
     }
     let mut op = app.io.to(request.rooms);
     if !except.is_empty() {

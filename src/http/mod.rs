@@ -39,14 +39,23 @@ async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     if failed.is_empty() {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "failed": failed })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "failed": failed })),
+        )
     }
 }
 
 /// Prometheus text.
 async fn metrics<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     let body = app.state.metrics.render(app.state.limits.current());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }
 
 async fn not_found() -> impl IntoResponse {
