@@ -18,7 +18,13 @@ pub enum LogFormat {
 
 /// Trestle: a Socket.IO v4 server for the construction-project collaboration product.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "trestle", version, about, long_about = None)]
+#[command(
+    name = "trestle",
+    version,
+    about,
+    long_about = None,
+    after_help = "Log levels come from RUST_LOG (default: info), for example RUST_LOG=trestle=debug,info.\nTokens and query strings are never logged."
+)]
 pub struct Config {
     /// TCP port for Socket.IO and the HTTP endpoints.
     #[arg(long, env = "PORT", default_value_t = 3001)]

@@ -21,8 +21,7 @@ async fn main() -> ExitCode {
     match trestle::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("trestle: {e:#}");
+            tracing::error!("cannot start: {e:#}");
             ExitCode::from(2)
         }
     }

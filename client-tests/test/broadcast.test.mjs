@@ -64,8 +64,8 @@ test('with room_broadcast in a joined room: the others get the event with the da
   assert.deepEqual(await Promise.all(got), [['x', 2], ['x', 2]]);
 
   // string data
-  got = waitFor(b, 'other.event:name');
-  assert.equal((await emitAck(sender, 'broadcast_room', 'project:1', 'other.event:name', 'plain text')).success, true);
+  got = waitFor(b, 'plain_text_event');
+  assert.equal((await emitAck(sender, 'broadcast_room', 'project:1', 'plain_text_event', 'plain text')).success, true);
   assert.equal(await got, 'plain text');
 
   await flush(server, sender, outsider);

@@ -1,7 +1,7 @@
 // Section 8 / 10: /health, /ready, /metrics, unknown paths, POST /api/emit.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { apiEmit, connectAs, connectError, emitAck, flush, httpGet, record, signToken, startServer, waitFor } from './helpers.mjs';
+import { apiEmit, connectAs, connectError, emitAck, flush, httpGet, rawRequest, record, signToken, startServer, waitFor } from './helpers.mjs';
 
 const servers = [];
 after(() => Promise.all(servers.map((s) => s.stop())));
@@ -96,12 +96,22 @@ describe('POST /api/emit', () => {
 
   const ok = { rooms: ['project:1'], event: 'api_event', data: { a: 1 } };
 
-  test('no key, wrong key, other scheme: 401', async () => {
+  test('no key, wrong key, empty key, other scheme: 401', async () => {
     assert.equal((await apiEmit(server, ok)).status, 401);
     assert.equal((await apiEmit(server, ok, 'wrong-key')).status, 401);
     assert.equal((await apiEmit(server, ok, '')).status, 401);
-    const basic = await apiEmit(server, ok, undefined);
+    const basic = await rawRequest(`${server.url}/api/emit`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Basic ${server.apiKey}` },
+      body: JSON.stringify(ok),
+    });
     assert.equal(basic.status, 401);
+    const bare = await rawRequest(`${server.url}/api/emit`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: server.apiKey },
+      body: JSON.stringify(ok),
+    });
+    assert.equal(bare.status, 401);
   });
 
   test('a wrong key is 401 even with a bad body', async () => {
