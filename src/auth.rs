@@ -260,19 +260,37 @@ impl Verifier {
             issuer: cfg.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: cfg.jwt_audience.clone().filter(|s| !s.is_empty()),
         };
-        if cfg.auth_required {
-            for alg in &verifier.algorithms {
-                if verifier.key_for(*alg).is_none() {
-                    let need = if is_hmac(*alg) {
-                        "JWT_SECRET"
-                    } else {
-                        "JWT_PUBLIC_KEY"
-                    };
-                    return Err(AuthConfigError(format!(
-                        "{need} is required: AUTH_REQUIRED is true and JWT_ALGORITHMS includes {alg:?}"
-                    )));
-                }
-            }
+        // One public key serves one family (RSA or EC), so a pinned algorithm may lack a
+        // key: its tokens are refused. At least one pinned algorithm must be usable.
+        let usable: Vec<Algorithm> = verifier
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| verifier.key_for(*a).is_some())
+            .collect();
+        if cfg.auth_required && usable.is_empty() {
+            let need = if verifier.algorithms.iter().any(|a| is_hmac(*a)) {
+                "JWT_SECRET"
+            } else {
+                "JWT_PUBLIC_KEY"
+            };
+            return Err(AuthConfigError(format!(
+                "{need} is required: AUTH_REQUIRED is true and no key matches JWT_ALGORITHMS {:?}",
+                verifier.algorithms
+            )));
+        }
+        let unusable: Vec<Algorithm> = verifier
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| !usable.contains(a))
+            .collect();
+        if !unusable.is_empty() && !usable.is_empty() {
+            tracing::info!(
+                ?usable,
+                ?unusable,
+                "pinned algorithms without a key refuse their tokens"
+            );
         }
         Ok(verifier)
     }
@@ -299,15 +317,23 @@ impl Verifier {
         validation.leeway = 0;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not only right when present.
+        let mut required = vec!["exp"];
         match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let data = decode::<Value>(token, key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Failed,
@@ -412,6 +438,13 @@ mod tests {
         cfg.jwt_secret = None;
         let err = Verifier::from_config(&cfg).unwrap_err();
         assert!(err.to_string().contains("JWT_SECRET is required"), "{err}");
+        cfg.jwt_algorithms = vec!["RS256".into()];
+        assert!(
+            Verifier::from_config(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("JWT_PUBLIC_KEY is required")
+        );
         cfg.auth_required = false;
         assert!(Verifier::from_config(&cfg).is_ok());
     }

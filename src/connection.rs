@@ -52,10 +52,18 @@ struct Inbox {
     running: bool,
 }
 
+/// One event waiting in a socket's inbox, with the ack id the client gave it.
 struct Job {
-    event: ClientEvent,
-    value: Value,
+    work: Work,
     ack: Option<i64>,
+}
+
+/// What to do for an event. Refusals decided on arrival (unknown name, rate limit) wait
+/// in the same queue, so every answer leaves in the order the events came.
+enum Work {
+    Handle(ClientEvent, Value),
+    Refuse(AppError),
+    RefuseAndDisconnect(AppError),
 }
 
 impl Conn {
@@ -226,51 +234,35 @@ impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
         let Some(conn) = conn_of(&s) else { return };
         let event = ClientEvent::from_name(&name);
         state.metrics.event(event);
-        let Some(event) = event else {
-            reply(
-                &self.app,
-                &s,
-                ack,
-                Err(AppError::invalid(format!("Unknown event {name:?}"))),
-            );
-            return;
-        };
-        if event.is_rate_limited() {
-            match conn.limiter.check() {
-                Verdict::Allow => {}
-                verdict => {
-                    state.metrics.rate_limited();
-                    reply(
-                        &self.app,
-                        &s,
-                        ack,
-                        Err(AppError::new(Code::RateLimited, "Too many events")),
-                    );
-                    if verdict == Verdict::Disconnect {
-                        state.metrics.rate_limit_disconnect();
-                        tracing::warn!(sid = %s.id, user = %conn.user.id, "disconnecting a socket that keeps flooding");
-                        if let Err(e) = s.clone().disconnect() {
-                            tracing::warn!(sid = %s.id, error = %e, "could not disconnect a flooding socket");
-                        }
-                    }
-                    return;
-                }
+        let work = match event {
+            None => {
+                // Echo at most 64 characters of a name the client chose.
+                let shown: String = name.chars().take(64).collect();
+                Work::Refuse(AppError::invalid(format!("Unknown event {shown:?}")))
             }
-        }
+            Some(event) if event.is_rate_limited() => match conn.limiter.check() {
+                Verdict::Allow => Work::Handle(event, value),
+                Verdict::Refuse => {
+                    state.metrics.rate_limited();
+                    Work::Refuse(AppError::new(Code::RateLimited, "Too many events"))
+                }
+                Verdict::Disconnect => {
+                    state.metrics.rate_limited();
+                    Work::RefuseAndDisconnect(AppError::new(Code::RateLimited, "Too many events"))
+                }
+            },
+            Some(event) => Work::Handle(event, value),
+        };
         let start = {
             let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
             if inbox.queue.len() >= MAX_PENDING_EVENTS {
                 drop(inbox);
                 state.metrics.rate_limited();
-                reply(
-                    &self.app,
-                    &s,
-                    ack,
-                    Err(AppError::new(Code::RateLimited, "Too many events waiting")),
-                );
+                let e = AppError::new(Code::RateLimited, "Too many events waiting");
+                reply(&self.app, &s, ack, Err(e));
                 return;
             }
-            inbox.queue.push_back(Job { event, value, ack });
+            inbox.queue.push_back(Job { work, ack });
             !std::mem::replace(&mut inbox.running, true)
         };
         if start {
@@ -295,20 +287,29 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
         if !socket.connected() {
             continue;
         }
-        let Job {
-            event,
-            mut value,
-            ack,
-        } = job;
-        let handled =
-            std::panic::AssertUnwindSafe(handlers::handle(&app, &socket, &conn, event, &mut value))
+        match job.work {
+            Work::Handle(event, mut value) => {
+                let handled = std::panic::AssertUnwindSafe(handlers::handle(
+                    &app, &socket, &conn, event, &mut value,
+                ))
                 .catch_unwind()
                 .await;
-        let result = handled.unwrap_or_else(|_| {
-            tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
-            Err(AppError::new(Code::Internal, "Internal error"))
-        });
-        reply(&app, &socket, ack, result);
+                let result = handled.unwrap_or_else(|_| {
+                    tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
+                    Err(AppError::new(Code::Internal, "Internal error"))
+                });
+                reply(&app, &socket, job.ack, result);
+            }
+            Work::Refuse(e) => reply(&app, &socket, job.ack, Err(e)),
+            Work::RefuseAndDisconnect(e) => {
+                reply(&app, &socket, job.ack, Err(e));
+                app.state.metrics.rate_limit_disconnect();
+                tracing::warn!(sid = %socket.id, user = %conn.user.id, "disconnecting a socket that keeps flooding");
+                if let Err(e) = socket.clone().disconnect() {
+                    tracing::warn!(sid = %socket.id, error = %e, "could not disconnect a flooding socket");
+                }
+            }
+        }
     }
 }
 

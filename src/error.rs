@@ -31,6 +31,19 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code as the client sees it.
+    pub const ALL_STR: &'static [&'static str] = &[
+        "INVALID_PAYLOAD",
+        "INVALID_ROOM",
+        "FORBIDDEN",
+        "NOT_FOUND",
+        "ROOM_FULL",
+        "RATE_LIMITED",
+        "TOO_LARGE",
+        "CONFLICT",
+        "INTERNAL",
+    ];
+
     /// The code as the client sees it, also used as a metrics label.
     pub fn as_str(self) -> &'static str {
         match self {

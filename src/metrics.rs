@@ -12,7 +12,19 @@ use std::{
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::handlers::ClientEvent;
+use crate::{error::Code, handlers::ClientEvent};
+
+/// The `reason` labels of `trestle_disconnects_total`.
+pub const DISCONNECT_REASONS: &[&str] = &[
+    "transport_close",
+    "multiple_polling",
+    "parse_error",
+    "transport_error",
+    "heartbeat_timeout",
+    "client_disconnect",
+    "server_disconnect",
+    "server_shutdown",
+];
 
 const METADATA: Metadata<'static> = Metadata::new("trestle", Level::INFO, None);
 
@@ -94,6 +106,31 @@ impl Metrics {
                 )
             })
             .collect();
+        // Labelled counters are registered with every label value up front, so that
+        // dashboards and alerts see zeros rather than missing series.
+        let labelled: [(&'static str, &'static str, &[&'static str]); 4] = [
+            ("trestle_disconnects_total", "reason", DISCONNECT_REASONS),
+            (
+                "trestle_connections_refused_total",
+                "reason",
+                &["capacity", "per_ip", "shutting_down"],
+            ),
+            (
+                "trestle_auth_failures_total",
+                "reason",
+                &["missing", "invalid", "expired"],
+            ),
+            ("trestle_event_errors_total", "code", Code::ALL_STR),
+        ];
+        for (name, label, values) in labelled {
+            for value in values {
+                let _ = counter(name, vec![Label::new(label, *value)]);
+            }
+        }
+        let _ = recorder.register_counter(
+            &Key::from_static_name("trestle_rate_limit_disconnects_total"),
+            &METADATA,
+        );
         Metrics {
             handle: recorder.handle(),
             connected: recorder.register_gauge(

@@ -3,6 +3,7 @@
 // Which server runs:
 //   default            TRESTLE_BIN, or ../target/release/trestle relative to client-tests/
 //   SERVER=reference   node $REFERENCE_DIR/server.mjs (REFERENCE_DIR defaults to /tmp/refnode)
+// SERVER_LOGS=1 copies the servers' output to stderr.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -82,6 +83,10 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
   };
   proc.stdout.on('data', keep);
   proc.stderr.on('data', keep);
+  if (process.env.SERVER_LOGS) {
+    proc.stdout.pipe(process.stderr, { end: false });
+    proc.stderr.pipe(process.stderr, { end: false });
+  }
 
   let exitInfo = null;
   const exited = new Promise((resolve) => {
@@ -116,11 +121,23 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
       for (const s of sockets) s.close();
       sockets.clear();
     },
-    /** SIGTERM and wait for the exit (SIGKILL after `timeoutMs`). */
+    signalled: false,
+    /** Sends SIGTERM (a test that checks the shutdown itself uses this). */
+    terminate() {
+      server.signalled = true;
+      proc.kill('SIGTERM');
+    },
+    /**
+     * Closes this server's sockets, SIGTERM, waits for the exit (SIGKILL after `timeoutMs`).
+     * Throws if the process had already exited without being asked to (a crash).
+     */
     async stop(timeoutMs = 10_000) {
       server.closeSockets();
-      if (exitInfo) return exitInfo;
-      proc.kill('SIGTERM');
+      if (exitInfo) {
+        if (!server.signalled) throw new Error(`server exited unexpectedly (${JSON.stringify(exitInfo)}):\n${output.slice(-5000)}`);
+        return exitInfo;
+      }
+      server.terminate();
       const timer = setTimeout(() => proc.kill('SIGKILL'), timeoutMs);
       const info = await exited;
       clearTimeout(timer);
@@ -139,7 +156,7 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
       if (err?.code === 'ENOENT' || err?.code === 'EACCES') throw new Error(`cannot start ${cmd}: ${err.message}`);
     }
     if (Date.now() > deadline) {
-      await server.stop();
+      await server.stop().catch(() => {});
       throw new Error(`server did not answer GET /health within ${readyTimeoutMs} ms:\n${output}`);
     }
     await delay(50); // readiness poll of a process that has no other way to say it is listening

@@ -28,7 +28,7 @@ async function startWithClients() {
 test('SIGTERM: server_shutdown to every client, then transport close, then exit 0 within 10 s', async () => {
   const { server, ws, polling, events, disconnects } = await startWithClients();
   const t0 = Date.now();
-  server.proc.kill('SIGTERM');
+  server.terminate();
 
   assertShutdownEvent(await events.ws);
   assertShutdownEvent(await events.polling);
@@ -43,7 +43,7 @@ test('SIGTERM: server_shutdown to every client, then transport close, then exit 
 
 test('while draining (SHUTDOWN_DRAIN_MS=1500): /ready is 503, /health 200, connected clients are still served', async () => {
   const { server, ws, polling, events, disconnects } = await startWithClients();
-  server.proc.kill('SIGTERM');
+  server.terminate();
   assertShutdownEvent(await events.ws);
   assertShutdownEvent(await events.polling);
 
