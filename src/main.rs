@@ -6,10 +6,24 @@ use clap::Parser;
 use tracing_subscriber::{EnvFilter, fmt};
 use trestle::{Config, config::LogFormat};
 
+/// Crates that log raw frames or requests at their lower levels (tungstenite writes every
+/// received message at trace, CONNECT packets and their tokens included). They are capped
+/// whatever `RUST_LOG` says, so that tokens and query strings never reach the logs.
+const PAYLOAD_LOGGERS: &str =
+    "tungstenite=info,tokio_tungstenite=info,hyper=info,hyper_util=info,h2=info";
+
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let user = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    EnvFilter::try_new(format!("{user},{PAYLOAD_LOGGERS}")).unwrap_or_else(|e| {
+        eprintln!("trestle: RUST_LOG is not valid ({e}); using info");
+        EnvFilter::new(format!("info,{PAYLOAD_LOGGERS}"))
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     match config.log_format {
         LogFormat::Json => fmt()
             .json()

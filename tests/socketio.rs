@@ -467,3 +467,41 @@ async fn shutdown_notifies_then_closes_the_engine_connection() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn per_ip_cap_reads_the_proxy_address_only_when_trusted() {
+    let claims = || json!({"token": token(json!({"userId": "p"}))});
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    let refused = Err(ConnectError::Refused(
+        "Too many connections from this IP".into(),
+    ));
+
+    let trusted = TestServer::start(|c| {
+        c.trust_proxy = true;
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    // The last entry is the one the proxy added; a forged first entry does not matter.
+    let _a = Client::connect_full(trusted.addr, "", &from("203.0.113.9, 10.0.0.1"), claims())
+        .await
+        .unwrap();
+    let _b = Client::connect_full(trusted.addr, "", &from("10.0.0.2"), claims())
+        .await
+        .unwrap();
+    let again =
+        Client::connect_full(trusted.addr, "", &from("203.0.113.7, 10.0.0.1"), claims()).await;
+    assert_eq!(again.map(|_| ()), refused.clone());
+    trusted.stop().await.unwrap();
+
+    let untrusted = TestServer::start(|c| c.max_connections_per_ip = 1).await;
+    let _c = Client::connect_full(untrusted.addr, "", &from("10.0.0.1"), claims())
+        .await
+        .unwrap();
+    let other = Client::connect_full(untrusted.addr, "", &from("10.0.0.2"), claims()).await;
+    assert_eq!(
+        other.map(|_| ()),
+        refused,
+        "the header is ignored without TRUST_PROXY"
+    );
+    untrusted.stop().await.unwrap();
+}

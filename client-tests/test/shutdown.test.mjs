@@ -59,3 +59,28 @@ test('while draining (SHUTDOWN_DRAIN_MS=1500): /ready is 503, /health 200, conne
   assert.equal(await disconnects.polling, 'transport close');
   assert.deepEqual(await withTimeout(server.exited, 10_000, 'process exit'), { code: 0, signal: null });
 });
+
+test('SIGINT stops the server the same way', async () => {
+  const { server, ws, polling, events, disconnects } = await startWithClients();
+  server.signalled = true;
+  server.proc.kill('SIGINT');
+  assertShutdownEvent(await events.ws);
+  assertShutdownEvent(await events.polling);
+  assert.equal(await disconnects.ws, 'transport close');
+  assert.equal(await disconnects.polling, 'transport close');
+  assert.deepEqual(await withTimeout(server.exited, 10_000, 'process exit'), { code: 0, signal: null });
+});
+
+test('the shutdown deadline bounds the stop: SHUTDOWN_TIMEOUT_MS=800 with a 30 s drain exits 0 in time', async () => {
+  const server = await startServer({ SHUTDOWN_DRAIN_MS: 30_000, SHUTDOWN_TIMEOUT_MS: 800 });
+  servers.push(server);
+  const ws = await connectAs(server, { userId: 'sd-deadline' });
+  const notice = waitFor(ws, 'server_shutdown', 5000);
+  const t0 = Date.now();
+  server.terminate();
+  assertShutdownEvent(await notice);
+  const exit = await withTimeout(server.exited, 5000, 'process exit');
+  assert.deepEqual(exit, { code: 0, signal: null });
+  assert.ok(Date.now() - t0 < 5000, `stopped after ${Date.now() - t0} ms`);
+  ws.close();
+});

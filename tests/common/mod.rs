@@ -93,7 +93,7 @@ pub struct Client {
 }
 
 /// What ended a connection attempt.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConnectError {
     /// `connect_error` with this message.
     Refused(String),
@@ -113,8 +113,24 @@ impl Client {
         query: &str,
         auth: Value,
     ) -> Result<Client, ConnectError> {
+        Self::connect_full(addr, query, &[], auth).await
+    }
+
+    /// Connects with extra query parameters, extra request headers and `auth`.
+    pub async fn connect_full(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+        auth: Value,
+    ) -> Result<Client, ConnectError> {
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderName};
         let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket{query}");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("websocket opens");
         let open = next_text(&mut ws).await.ok_or(ConnectError::Closed)?;
