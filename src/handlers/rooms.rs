@@ -5,49 +5,17 @@ use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 use socketioxide_core::Value;
 
-use super::Cx;
+use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED};
 use crate::{
     auth::User,
     error::{AppError, Code},
     rooms::Room,
 };
 
-/// Names a client may not broadcast: Socket.IO's reserved ones and every event the
-/// server itself sends, so that no client can forge a server event.
-const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-    "error",
-    "message",
-    "ping",
-    "pong",
-    "user_joined",
-    "user_left",
-    "new_comment",
-    "comment_updated",
-    "comment_deleted",
-    "mention",
-    "typing_comment",
-    "typing_stopped",
-    "status_change",
-    "user_active",
-    "task_updated",
-    "user_activity",
-    "time_tracking_updated",
-    "direct_message",
-    "upload_progress",
-    "document_uploaded",
-    "document_chunk",
-    "document_complete",
-    "metrics_update",
-    "server_shutdown",
-    "resource_updated",
-    "notification",
-];
+/// Names that are not Socket.IO's reserved ones nor server events, but that clients
+/// give a meaning of their own (`error` answers failed events) and that a client must
+/// therefore not be able to forge.
+const CLIENT_FORBIDDEN: &[&str] = &["error", "message", "ping", "pong"];
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -176,7 +144,9 @@ fn valid_event_name(name: &str) -> bool {
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic())
         && name.len() <= 64
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
-        && !RESERVED_EVENTS.contains(&name)
+        && !SOCKETIO_RESERVED.contains(&name)
+        && !SERVER_EVENTS.contains(&name)
+        && !CLIENT_FORBIDDEN.contains(&name)
 }
 
 /// `broadcast_room`: `(roomId, event, data)` or `{ room, event, data }`; the room, sender

@@ -11,21 +11,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{adapter::Adapter, socket::Sid};
 
-use crate::{rooms::Room, server::App};
+use crate::{handlers::SOCKETIO_RESERVED, rooms::Room, server::App};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1_000_000;
 /// Most rooms (or excepted rooms) in one request.
 const MAX_ROOMS: usize = 1000;
-/// Names Socket.IO reserves for itself; emitting them would confuse clients.
-const RESERVED: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +99,7 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
     }
     if request.event.is_empty()
         || request.event.len() > 128
-        || RESERVED.contains(&request.event.as_str())
+        || SOCKETIO_RESERVED.contains(&request.event.as_str())
     {
         return error(
             StatusCode::BAD_REQUEST,
