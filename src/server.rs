@@ -179,7 +179,6 @@ pub async fn serve(
     tracing::info!(addr = %local, "listening");
 
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
         let app = app.clone();
@@ -188,7 +187,6 @@ pub async fn serve(
             let deadline = Duration::from_millis(app.state.config.shutdown_timeout_ms);
             let _ = deadline_tx.send(deadline);
             graceful_stop(&app).await;
-            let _ = stopped_tx.send(());
         }
     };
     let server = axum::serve(
@@ -211,7 +209,6 @@ pub async fn serve(
         }
     };
     ticker.abort();
-    drop(stopped_rx);
     tracing::info!("stopped");
     result
 }
