@@ -108,6 +108,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
     pub rate_limit_disconnect_after: u32,
 
+    /// Redis URL (Redis 7 or later). Set: instances share rooms and emits through Redis.
+    /// Unset: a single instance with the in-memory adapter.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
     /// Bearer key for `POST /api/emit`. Unset: every request is refused.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

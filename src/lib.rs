@@ -8,6 +8,7 @@
 //! - [`config`]: the one clap struct, every setting with its environment name.
 //! - [`server`]: the router with the Socket.IO layer, [`server::serve`] with its graceful
 //!   stop, and the shared [`server::AppState`].
+//! - [`cluster`]: the Redis adapter (`REDIS_URL`) and the Redis readiness check.
 //! - [`connection`]: a socket's life: admission in the connect middleware (caps, token,
 //!   auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
@@ -18,6 +19,7 @@
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

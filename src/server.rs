@@ -16,7 +16,13 @@ use std::{
 use anyhow::Context;
 use axum::Router;
 use serde::Serialize;
-use socketioxide::{SocketIo, adapter::Adapter, handler::ConnectHandler};
+use socketioxide::{
+    SocketIo, SocketIoBuilder,
+    adapter::{Adapter, LocalAdapter},
+    extract::SocketRef,
+    handler::ConnectHandler,
+};
+use socketioxide_redis::RedisAdapter;
 use tokio::net::TcpListener;
 use tower_http::{
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
@@ -24,8 +30,14 @@ use tower_http::{
 };
 
 use crate::{
-    auth::Verifier, config::Config, connection, handlers::metrics::MetricsFeed, http,
-    limits::ConnectionLimits, metrics::Metrics,
+    auth::Verifier,
+    cluster::{self, RedisHealth},
+    config::Config,
+    connection,
+    handlers::metrics::MetricsFeed,
+    http,
+    limits::ConnectionLimits,
+    metrics::Metrics,
 };
 
 /// State shared by every connection and HTTP request of one server.
@@ -40,6 +52,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set once a graceful stop has begun: `/ready` answers 503, connects are refused.
     pub shutting_down: AtomicBool,
+    /// The Redis connection `/ready` pings, when `REDIS_URL` is set.
+    pub redis: Option<RedisHealth>,
     /// Serialises the size check and the join of `join_room` per room (striped), so two
     /// concurrent joins cannot both take the last place.
     room_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -54,6 +68,7 @@ impl AppState {
             verifier,
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
+            redis: None,
             room_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })
@@ -92,10 +107,12 @@ impl<A: Adapter> Clone for App<A> {
     }
 }
 
-/// The router with the Socket.IO layer, and the handle needed to stop it gracefully.
-pub fn app(state: Arc<AppState>) -> (Router, App<socketioxide::adapter::LocalAdapter>) {
+/// The router with the Socket.IO layer built from `builder` (which carries the adapter),
+/// and the [`App`] handlers work with. The `/` namespace is registered by the caller,
+/// since registering it with a cluster adapter is an async step that can fail.
+pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Router, App<A>) {
     let cfg = &state.config;
-    let (layer, io) = SocketIo::builder()
+    let (layer, io) = builder
         .ping_interval(cfg.ping_interval())
         .ping_timeout(cfg.ping_timeout())
         .max_payload(cfg.max_message_bytes)
@@ -114,10 +131,6 @@ pub fn app(state: Arc<AppState>) -> (Router, App<socketioxide::adapter::LocalAda
         io,
         metrics_feed: Arc::new(MetricsFeed::default()),
     };
-    app.io.ns(
-        "/",
-        connection::on_connect(app.clone()).with(connection::admit(app.clone())),
-    );
     let router = http::routes(app.clone())
         .layer(layer)
         .layer(cors(&app.state.config))
@@ -128,6 +141,11 @@ pub fn app(state: Arc<AppState>) -> (Router, App<socketioxide::adapter::LocalAda
             }),
         );
     (router, app)
+}
+
+/// The `/` namespace's connect handler with its admission middleware.
+pub fn namespace<A: Adapter>(app: &App<A>) -> impl ConnectHandler<A, (SocketRef<A>,)> {
+    connection::on_connect(app.clone()).with(connection::admit(app.clone()))
 }
 
 fn cors(cfg: &Config) -> CorsLayer {
@@ -173,11 +191,35 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(AppState::new(config)?);
-    let (router, app) = app(state.clone());
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "listening");
+    let mut state = AppState::new(config)?;
+    match state.config.redis_url.clone() {
+        None => {
+            let (router, app) = app::<LocalAdapter>(Arc::new(state), SocketIo::builder());
+            app.io.ns("/", namespace(&app));
+            serve_app(listener, router, app, shutdown).await
+        }
+        Some(url) => {
+            let (adapter, health) = cluster::connect(&url).await?;
+            state.redis = Some(health);
+            let builder = SocketIo::builder().with_adapter::<RedisAdapter<_>>(adapter);
+            let (router, app) = app(Arc::new(state), builder);
+            app.io
+                .ns("/", namespace(&app))
+                .await
+                .context("cannot subscribe to the Redis adapter channels")?;
+            serve_app(listener, router, app, shutdown).await
+        }
+    }
+}
 
+async fn serve_app<A: Adapter>(
+    listener: TcpListener,
+    router: Router,
+    app: App<A>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, cluster = app.state.redis.is_some(), "listening");
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {

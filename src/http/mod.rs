@@ -36,6 +36,11 @@ async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     if app.state.is_shutting_down() {
         failed.push("shutting_down");
     }
+    if let Some(redis) = &app.state.redis
+        && !redis.ping().await
+    {
+        failed.push("redis");
+    }
     if failed.is_empty() {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     } else {
