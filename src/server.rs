@@ -26,7 +26,7 @@ use socketioxide_redis::RedisAdapter;
 use tokio::net::TcpListener;
 use tower_http::{
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
 
 use crate::{
@@ -135,10 +135,14 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
         .layer(layer)
         .layer(cors(&app.state.config))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                // The path only: query strings may carry tokens and must never be logged.
-                tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    // The path only: query strings may carry tokens and must never be logged.
+                    tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                // A 503 from /ready is a state, not a failure; real failures are logged
+                // where they happen, with their context.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         );
     (router, app)
 }
