@@ -201,7 +201,7 @@ async fn on_disconnect<A: Adapter>(app: App<A>, socket: SocketRef<A>, reason: Di
     let Some(conn) = conn_of(&socket) else { return };
     tracing::info!(sid = %socket.id, user = %conn.user.id, reason = label, "disconnected");
     for room in conn.joined_rooms() {
-        handlers::rooms::announce_left(&socket, &conn.user, &room).await;
+        handlers::rooms::announce_left(&app.state, &socket, &conn.user, &room).await;
     }
 }
 

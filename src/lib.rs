@@ -16,6 +16,7 @@
 //! - [`limits`]: connection caps and the per-socket event bucket.
 //! - [`handlers`]: one module per event family, routed from [`handlers::handle`].
 //! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`.
+//! - [`store`]: the SQLite or PostgreSQL store of comments and offline messages.
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
 
 pub mod auth;
@@ -29,6 +30,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rooms;
 pub mod server;
+pub mod store;
 pub mod time;
 
 pub use config::Config;

@@ -22,7 +22,7 @@ use socketioxide::{
     extract::SocketRef,
     handler::ConnectHandler,
 };
-use socketioxide_redis::RedisAdapter;
+use socketioxide_redis::FredAdapter;
 use tokio::net::TcpListener;
 use tower_http::{
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
@@ -205,7 +205,7 @@ pub async fn serve(
         Some(url) => {
             let (adapter, health) = cluster::connect(&url).await?;
             state.redis = Some(health);
-            let builder = SocketIo::builder().with_adapter::<RedisAdapter<_>>(adapter);
+            let builder = SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter);
             let (router, app) = app(Arc::new(state), builder);
             app.io
                 .ns("/", namespace(&app))

@@ -8,8 +8,10 @@ use socketioxide_core::Value;
 use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED};
 use crate::{
     auth::User,
+    cluster,
     error::{AppError, Code},
     rooms::Room,
+    server::AppState,
 };
 
 /// Names that are not Socket.IO's reserved ones nor server events, but that clients
@@ -47,15 +49,8 @@ fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
 }
 
 /// Sockets in `room` on every instance.
-async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<usize, AppError> {
-    let sockets = cx
-        .app
-        .io
-        .within(name.to_owned())
-        .fetch_sockets()
-        .await
-        .map_err(|e| AppError::internal("counting the sockets of a room", e))?;
-    Ok(sockets.len())
+async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
+    cluster::count(&cx.app.state, || cx.app.io.within(name.to_owned())).await
 }
 
 /// `join_room`: `roomId` or `{ room }` → `{ room, size }`; others get `user_joined`.
@@ -68,7 +63,7 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
     let name = room.to_string();
     let cfg = &cx.app.state.config;
     if is_in(&cx.socket, &name) {
-        let size = room_size(cx, &name).await?;
+        let size = room_size(cx, &name).await;
         return Ok(json!({ "room": name, "size": size }));
     }
     if cx
@@ -83,7 +78,7 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
     }
     let size = {
         let _guard = cx.app.state.room_lock(&name).lock().await;
-        let size = room_size(cx, &name).await?;
+        let size = room_size(cx, &name).await;
         if cfg.max_room_size > 0 && size >= cfg.max_room_size {
             return Err(AppError::new(Code::RoomFull, "Room is full"));
         }
@@ -123,18 +118,23 @@ pub async fn leave_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|r| *r != room);
-    announce_left(&cx.socket, &cx.conn.user, &room).await;
+    announce_left(&cx.app.state, &cx.socket, &cx.conn.user, &room).await;
     Ok(json!({ "room": name }))
 }
 
 /// Tells the others in `room` that `user` left (on `leave_room` and on disconnect).
-pub async fn announce_left<A: Adapter>(socket: &SocketRef<A>, user: &User, room: &Room) {
+pub async fn announce_left<A: Adapter>(
+    state: &AppState,
+    socket: &SocketRef<A>,
+    user: &User,
+    room: &Room,
+) {
     let name = room.to_string();
     let notice = Membership {
         user_id: user.id.as_str(),
         room_id: &name,
     };
-    if let Err(e) = socket.to(name.clone()).emit("user_left", &notice).await {
+    if let Err(e) = cluster::emit(state, || socket.to(name.clone()), "user_left", &notice).await {
         tracing::warn!(room = %name, error = %e, "could not announce a leave");
     }
 }
@@ -177,9 +177,8 @@ pub async fn broadcast_room<A: Adapter>(
     if !is_in(&cx.socket, &name) {
         return Err(AppError::forbidden("Join the room first"));
     }
-    cx.socket
-        .to(name)
-        .emit(event.as_str(), data.unwrap_or(&Json::Null))
+    let data = data.unwrap_or(&Json::Null);
+    cluster::emit(&cx.app.state, || cx.socket.to(name.clone()), event, data)
         .await
         .map_err(|e| AppError::internal("broadcasting to a room", e))?;
     Ok(json!({}))

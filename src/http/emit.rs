@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{adapter::Adapter, socket::Sid};
 
-use crate::{handlers::SOCKETIO_RESERVED, rooms::Room, server::App};
+use crate::{cluster, handlers::SOCKETIO_RESERVED, rooms::Room, server::App};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1_000_000;
@@ -106,11 +106,8 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
             "event must be a non-reserved name of 1 to 128 characters",
         );
     }
-    let mut op = app.io.to(request.rooms);
-    if !except.is_empty() {
-        op = op.except(except);
-    }
-    if let Err(e) = op.emit(&request.event, &request.data).await {
+    let op = || app.io.to(request.rooms.clone()).except(except.clone());
+    if let Err(e) = cluster::emit(&app.state, op, &request.event, &request.data).await {
         tracing::error!(error = %e, event = %request.event, "api emit failed");
         return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
     }
