@@ -287,7 +287,11 @@ async fn graceful_stop<A: Adapter>(app: &App<A>) {
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        // An error here means SIGINT cannot be watched; it must not be taken for a signal.
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await
+        }
     };
     #[cfg(unix)]
     let term = async {
