@@ -1,0 +1,66 @@
+// Redis goes away and comes back while clients are connected: /ready reports it, local
+// delivery keeps working, cross-instance delivery resumes by itself (issue: scale-out).
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { API_KEY, apiEmit, connectAs, emitAck, httpGet, uniq, waitFor } from './helpers.mjs';
+import { startCluster } from './services.mjs';
+
+const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls GET /ready until it answers `status`; returns the milliseconds it took. */
+async function readyBecomes(server, status, withinMs) {
+  const t0 = Date.now();
+  for (;;) {
+    const res = await httpGet(server, '/ready');
+    if (res.status === status) return { ms: Date.now() - t0, body: res.body };
+    if (Date.now() - t0 > withinMs) assert.fail(`/ready still ${res.status} after ${withinMs} ms`);
+    await delay(100); // a state that has no event to wait on: poll it
+  }
+}
+
+let cluster;
+after(() => cluster?.stop());
+
+test('Redis restart: 503 naming redis, local delivery meanwhile, cross-instance delivery back within 10 s', async () => {
+  cluster = await startCluster(2);
+  const [A, B] = cluster.instances;
+  const p = uniq('p');
+  const a1 = await connectAs(A, { userId: uniq('a'), projects: [p], permissions: ['room_broadcast'] });
+  const a2 = await connectAs(A, { userId: uniq('a'), projects: [p] });
+  const b = await connectAs(B, { userId: uniq('b'), projects: [p] });
+  const room = `project:${p}`;
+
+  await cluster.redis.stop();
+  const down = await readyBecomes(A, 503, 5000);
+  assert.deepEqual(down.body, { status: 'unavailable', failed: ['redis'] });
+
+  // Local delivery keeps working: the publish API and broadcast_room reach A's sockets.
+  const local = waitFor(a1, 'during_outage', 5000);
+  assert.equal((await apiEmit(A, { rooms: [room], event: 'during_outage', data: 1 }, API_KEY)).status, 202);
+  assert.equal(await local, 1);
+  const relayed = waitFor(a2, 'outage_relay', 5000);
+  assert.deepEqual(await emitAck(a1, 'broadcast_room', room, 'outage_relay', 2), { success: true });
+  assert.equal(await relayed, 2);
+  // join_room still answers, counting this instance.
+  assert.equal((await emitAck(a2, 'join_room', `presence:x`)).success, true);
+
+  await cluster.redis.start();
+  const back = Date.now();
+  await readyBecomes(A, 200, 10_000);
+  await readyBecomes(B, 200, 10_000);
+
+  // Cross-instance delivery resumes by itself: emit on A until B's client hears it.
+  let i = 0;
+  let heard = false;
+  b.on('after_outage', () => (heard = true));
+  while (!heard) {
+    assert.ok(Date.now() - back < 10_000, 'cross-instance delivery did not resume within 10 s');
+    await apiEmit(A, { rooms: [room], event: 'after_outage', data: ++i }, API_KEY);
+    await delay(200); // measuring recovery time: one emit per 200 ms
+  }
+  // And the other way round.
+  const toA = waitFor(a2, 'from_b', 3000);
+  assert.equal((await apiEmit(B, { rooms: [room], event: 'from_b', data: 'x' }, API_KEY)).status, 202);
+  assert.equal(await toA, 'x');
+  for (const s of [a1, a2, b]) s.close();
+});
