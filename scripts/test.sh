@@ -9,6 +9,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # Cluster tests start their own redis-server (Redis 7 or later) on free ports.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The load-balancer test runs docker/nginx.conf in front of two instances.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} through apt"
   sudo_cmd=""
