@@ -9,6 +9,9 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # Cluster tests start their own redis-server (Redis 7 or later) on free ports.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Store and cluster tests use a real PostgreSQL, started below on a free port.
+[ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need_apt+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 # The load-balancer test runs docker/nginx.conf in front of two instances.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -18,6 +21,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# One throwaway PostgreSQL for the whole run; each test creates its own database in it.
+pg_dir=$(mktemp -d)
+cleanup() { ./scripts/pg.sh stop "$pg_dir"; rm -rf "$pg_dir"; }
+trap cleanup EXIT
+TEST_DATABASE_URL=$(./scripts/pg.sh start "$pg_dir")
+export TEST_DATABASE_URL
+echo "test PostgreSQL: $TEST_DATABASE_URL"
 
 echo "== cargo build --release"
 cargo build --release --locked

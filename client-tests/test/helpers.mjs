@@ -7,8 +7,10 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import jwt from 'jsonwebtoken';
@@ -67,6 +69,8 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
     API_KEY,
     LOG_FORMAT: 'json',
     RUST_LOG: 'warn',
+    // Each server keeps its SQLite file (the default store) in a directory of its own.
+    DATA_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'trestle-data-')),
   };
   for (const [k, v] of Object.entries(overrides)) {
     if (v === undefined || v === null) delete env[k];
@@ -91,6 +95,7 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
   let exitInfo = null;
   const exited = new Promise((resolve) => {
     proc.once('exit', (code, signal) => {
+      if (env.DATA_DIR) fs.rmSync(env.DATA_DIR, { recursive: true, force: true });
       exitInfo = { code, signal };
       resolve(exitInfo);
     });

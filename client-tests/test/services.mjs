@@ -1,10 +1,43 @@
 // Real backing services for cluster tests (no tests in this file): a redis-server of the
 // test's own on a free port, and Trestle instances that share it.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { freePort, startServer } from './helpers.mjs';
 
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
+const pgScript = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../scripts/pg.sh');
+
+let adminUrl = process.env.TEST_DATABASE_URL || null;
+
+/**
+ * The admin URL of a PostgreSQL for tests: TEST_DATABASE_URL (set by scripts/test.sh), or
+ * a throwaway cluster started here for this test process and stopped when it exits.
+ */
+function postgresAdminUrl() {
+  if (adminUrl) return adminUrl;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'trestle-pg-'));
+  adminUrl = execFileSync(pgScript, ['start', dir], { encoding: 'utf8' }).trim();
+  process.once('exit', () => {
+    execFileSync(pgScript, ['stop', dir]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return adminUrl;
+}
+
+/** Creates an empty database for one test and returns its URL. */
+export function createDatabase() {
+  const admin = postgresAdminUrl();
+  const name = `t_${crypto.randomBytes(6).toString('hex')}`;
+  execFileSync('psql', [admin, '-qtAc', `CREATE DATABASE ${name}`]);
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
 
 /** Sends PING on a fresh connection; resolves true on +PONG. */
 function ping(port) {
@@ -55,14 +88,21 @@ export async function startRedis() {
   return redis;
 }
 
-/** Starts `n` Trestle instances sharing one Redis (started here unless given). */
+/**
+ * Starts `n` Trestle instances sharing one Redis (started here unless given) and one
+ * PostgreSQL database (created here), as a cluster is deployed.
+ */
 export async function startCluster(n, overrides = {}, redis = null) {
   const ownRedis = redis === null;
   redis ??= await startRedis();
+  const database = createDatabase();
   const instances = [];
-  for (let i = 0; i < n; i++) instances.push(await startServer({ REDIS_URL: redis.url, ...overrides }));
+  for (let i = 0; i < n; i++) {
+    instances.push(await startServer({ REDIS_URL: redis.url, DATABASE_URL: database, ...overrides }));
+  }
   return {
     redis,
+    database,
     instances,
     async stop() {
       await Promise.all(instances.map((s) => s.stop()));
