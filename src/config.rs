@@ -113,6 +113,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Database: `postgres://…` for several instances, or `sqlite://…`. Default: a SQLite
+    /// file `trestle.db` under `DATA_DIR` (one instance only).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Directory for the default SQLite database (and, later, local documents).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
     /// Bearer key for `POST /api/emit`. Unset: every request is refused.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -141,12 +150,27 @@ pub struct Config {
 
 impl Config {
     /// A configuration with every default and the given HS256 secret: what tests start from.
+    /// Its data directory is a fresh one under the system temp directory.
     pub fn for_tests(secret: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let mut cfg = Config::parse_from(["trestle"]);
         cfg.jwt_secret = Some(secret.to_owned());
         cfg.host = IpAddr::from([127, 0, 0, 1]);
         cfg.port = 0;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cfg.data_dir =
+            std::env::temp_dir().join(format!("trestle-test-{}-{n}", std::process::id()));
+        cfg.database_url = None;
+        cfg.redis_url = None;
         cfg
+    }
+
+    /// The database URL: `DATABASE_URL`, or the SQLite file under `DATA_DIR`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => crate::store::default_database_url(&self.data_dir),
+        }
     }
 
     /// The ping interval as a duration.

@@ -38,6 +38,7 @@ use crate::{
     http,
     limits::ConnectionLimits,
     metrics::Metrics,
+    store::{Backend, Store},
 };
 
 /// State shared by every connection and HTTP request of one server.
@@ -54,14 +55,16 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// The Redis connection `/ready` pings, when `REDIS_URL` is set.
     pub redis: Option<RedisHealth>,
+    /// Durable data: SQLite or PostgreSQL.
+    pub store: Store,
     /// Serialises the size check and the join of `join_room` per room (striped), so two
     /// concurrent joins cannot both take the last place.
     room_locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl AppState {
-    /// Builds the state, refusing a configuration that cannot work.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    /// Builds the state around an open store, refusing a configuration that cannot work.
+    pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config)?;
         Ok(AppState {
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
@@ -69,6 +72,7 @@ impl AppState {
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
             redis: None,
+            store,
             room_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })
@@ -195,7 +199,19 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut state = AppState::new(config)?;
+    let database_url = config.database_url();
+    let backend = Backend::of_url(&database_url)?;
+    if config.redis_url.is_some() && backend == Backend::Sqlite {
+        anyhow::bail!(
+            "REDIS_URL is set (several instances) but the database is a SQLite file, which \
+             instances would not share: set DATABASE_URL=postgres://…"
+        );
+    }
+    // Checked before connecting, so a bad configuration fails fast and leaves nothing behind.
+    Verifier::from_config(&config)?;
+    let store = Store::connect(&database_url).await?;
+    tracing::info!(database = backend.as_str(), "store ready");
+    let mut state = AppState::new(config, store)?;
     match state.config.redis_url.clone() {
         None => {
             let (router, app) = app::<LocalAdapter>(Arc::new(state), SocketIo::builder());
@@ -225,6 +241,7 @@ async fn serve_app<A: Adapter>(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, cluster = app.state.redis.is_some(), "listening");
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
+    let purger = tokio::spawn(purge_expired_every(app.state.clone()));
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
         let app = app.clone();
@@ -255,8 +272,26 @@ async fn serve_app<A: Adapter>(
         }
     };
     ticker.abort();
+    purger.abort();
+    app.state.store.close().await;
     tracing::info!("stopped");
     result
+}
+
+/// Removes expired offline messages once a minute, so the queue of a user who never comes
+/// back does not grow forever.
+async fn purge_expired_every(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = crate::store::epoch_ms(time::OffsetDateTime::now_utc());
+        match state.store.offline_purge_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired offline messages removed"),
+            Err(e) => tracing::warn!(error = %e, "could not remove expired offline messages"),
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -111,3 +111,30 @@ async fn api_emit_without_a_configured_key_refuses_everything() {
     assert_eq!(res.status(), 401);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn several_instances_on_a_sqlite_file_are_refused() {
+    let mut cfg = trestle::Config::for_tests(SECRET);
+    cfg.redis_url = Some("redis://127.0.0.1:1".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = trestle::serve(listener, cfg, std::future::pending())
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("SQLite") && msg.contains("DATABASE_URL=postgres"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn ready_checks_the_database() {
+    let server = TestServer::start(|_| {}).await;
+    let res = reqwest::get(server.url("/ready")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap(),
+        json!({"status": "ready"})
+    );
+    server.stop().await.unwrap();
+}

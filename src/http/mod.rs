@@ -30,7 +30,8 @@ async fn health() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when every dependency answers; 503 naming what failed (or `shutting_down`).
+/// 200 when every dependency answers (Redis when configured, the database); 503 naming
+/// what failed (or `shutting_down`).
 async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     let mut failed = Vec::new();
     if app.state.is_shutting_down() {
@@ -40,6 +41,10 @@ async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
         && !redis.ping().await
     {
         failed.push("redis");
+    }
+    if let Err(e) = app.state.store.ping().await {
+        tracing::warn!(error = %e, "database check failed");
+        failed.push("database");
     }
     if failed.is_empty() {
         (StatusCode::OK, Json(json!({ "status": "ready" })))

@@ -3,7 +3,7 @@
 //! The `Any` driver builds each SQLite connection from the URL alone, so everything that
 //! is not a URL parameter (the pragmas) is set on each new connection instead.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use anyhow::{Context, bail};
 use sqlx::{Connection, Executor, any::AnyPoolOptions, sqlite::SqliteConnectOptions};
@@ -46,8 +46,10 @@ pub(super) fn prepare(database_url: &str) -> anyhow::Result<Prepared> {
         }
     }
     if database == ":memory:" || memory_mode {
+        // Without the `//`: the URL parser refuses an empty host.
+        let query = if params.is_empty() { "" } else { "?" };
         return Ok(Prepared {
-            url: format!("sqlite://{rest}"),
+            url: format!("sqlite:{database}{query}{params}"),
             in_memory: true,
         });
     }
@@ -152,6 +154,9 @@ mod tests {
         ] {
             let p = prepare(url).unwrap();
             assert!(p.in_memory, "{url}");
+            // What the Any driver does with it: a URL first, then sqlx's SQLite parser.
+            let any = sqlx::any::AnyConnectOptions::from_str(&p.url).unwrap();
+            SqliteConnectOptions::from_str(any.database_url.as_str()).unwrap();
         }
     }
 
@@ -171,7 +176,10 @@ mod tests {
         // A given mode is kept; sqlx then finds the same file.
         let p = prepare(&format!("{url}?mode=rw")).unwrap();
         assert!(p.url.ends_with("x.db?mode=rw"), "{}", p.url);
-        let parsed = SqliteConnectOptions::from_str(&p.url).unwrap();
+        // The Any driver parses it as a URL first (escaping the space), then with sqlx's
+        // SQLite parser (unescaping it).
+        let any = sqlx::any::AnyConnectOptions::from_str(&p.url).unwrap();
+        let parsed = SqliteConnectOptions::from_str(any.database_url.as_str()).unwrap();
         assert_eq!(parsed.get_filename(), canonical);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(prepare("sqlite://").is_err());

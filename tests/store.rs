@@ -1,0 +1,914 @@
+//! The store against real databases: every scenario runs on SQLite (a file in a temporary
+//! directory) and on PostgreSQL (a fresh database per test).
+//!
+//! PostgreSQL comes from `TEST_DATABASE_URL` when set (an admin URL such as
+//! `postgres://user@127.0.0.1:5433/postgres`; each test creates `t_<random>` through it
+//! and drops it after). Otherwise this binary runs a throwaway cluster: `initdb` (once per
+//! process, into a temporary directory) and `pg_ctl` from `/usr/lib/postgresql/*/bin`, as
+//! the `postgres` user when run as root, on a free port of 127.0.0.1. The server runs
+//! while any test holds it and is stopped (`pg_ctl stop -m immediate`) by a Drop guard when
+//! the last one ends; a watchdog process removes the directory, and stops the server if
+//! need be, when the test process ends, even when it is killed. The machine's own
+//! PostgreSQL is never touched.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use futures_util::future::join_all;
+use sqlx::Connection;
+use trestle::store::{
+    Backend, Comment, NewComment, OFFLINE_CAP, Store, default_database_url, new_id,
+};
+
+const ROOM: &str = "task:t1:comments";
+const OTHER_ROOM: &str = "task:t2:comments";
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+// ---------------------------------------------------------------------------------------
+// Scenarios, each run on both backends.
+
+/// A comment in `room` by u1 with the given content.
+async fn add(store: &Store, room: &str, content: &str, at: i64) -> Comment {
+    store
+        .insert_comment(&NewComment {
+            room,
+            author_id: "u1",
+            author_name: "User One",
+            content,
+            parent_id: None,
+            mentions: &[],
+            created_at: at,
+        })
+        .await
+        .unwrap()
+}
+
+fn contents(comments: &[Comment]) -> Vec<&str> {
+    comments.iter().map(|c| c.content.as_str()).collect()
+}
+
+async fn comment_crud(store: &Store) {
+    let mentions = vec!["u2".to_owned(), "u.3@x".to_owned()];
+    let content = "héllo 'quotes' \"double\" 🚧 $1 ?1 -- ;";
+    let c = store
+        .insert_comment(&NewComment {
+            room: ROOM,
+            author_id: "u1",
+            author_name: "User One",
+            content,
+            parent_id: None,
+            mentions: &mentions,
+            created_at: 1_700_000_000_123,
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.id.len(), 36, "a UUID: {}", c.id);
+    assert_eq!(c.room, ROOM);
+    assert_eq!(c.content, content);
+    assert_eq!(c.mentions, mentions);
+    assert_eq!(c.edited_at, None);
+    assert_eq!(store.get_comment(&c.id).await.unwrap().as_ref(), Some(&c));
+
+    let reply = store
+        .insert_comment(&NewComment {
+            room: ROOM,
+            author_id: "u2",
+            author_name: "u2",
+            content: "reply",
+            parent_id: Some(&c.id),
+            mentions: &[],
+            created_at: 1_700_000_000_200,
+        })
+        .await
+        .unwrap();
+    assert_ne!(reply.id, c.id);
+    let read = store.get_comment(&reply.id).await.unwrap().unwrap();
+    assert_eq!(read, reply);
+    assert_eq!(read.parent_id.as_deref(), Some(c.id.as_str()));
+    assert!(read.mentions.is_empty());
+
+    assert_eq!(store.get_comment("no-such-id").await.unwrap(), None);
+
+    let edited = store
+        .update_comment(&c.id, "edited", 1_700_000_001_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        edited,
+        Comment {
+            content: "edited".into(),
+            edited_at: Some(1_700_000_001_000),
+            ..c.clone()
+        }
+    );
+    assert_eq!(store.get_comment(&c.id).await.unwrap(), Some(edited));
+    assert_eq!(
+        store.update_comment("no-such-id", "x", 1).await.unwrap(),
+        None
+    );
+
+    assert!(store.delete_comment(&c.id).await.unwrap());
+    assert_eq!(store.get_comment(&c.id).await.unwrap(), None);
+    assert!(!store.delete_comment(&c.id).await.unwrap());
+    // The reply stays, still naming its parent.
+    assert_eq!(store.get_comment(&reply.id).await.unwrap(), Some(reply));
+}
+
+async fn comment_pages(store: &Store) {
+    // Equal timestamps everywhere: the order must come from insertion alone.
+    let mut room = Vec::new();
+    let mut other = Vec::new();
+    for i in 0..5 {
+        room.push(add(store, ROOM, &format!("c{i}"), 1000).await);
+        other.push(add(store, OTHER_ROOM, &format!("o{i}"), 1000).await);
+    }
+
+    let (page, more) = store.list_comments(ROOM, None, 2).await.unwrap().unwrap();
+    assert_eq!(contents(&page), ["c4", "c3"]);
+    assert!(more);
+    assert_eq!(page[0], room[4], "whole comments are returned");
+
+    let (page, more) = store
+        .list_comments(ROOM, Some(&room[3].id), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&page), ["c2", "c1"]);
+    assert!(more);
+
+    let (page, more) = store
+        .list_comments(ROOM, Some(&room[1].id), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&page), ["c0"]);
+    assert!(!more);
+
+    let (page, more) = store
+        .list_comments(ROOM, Some(&room[0].id), 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(page.is_empty());
+    assert!(!more);
+
+    // Exactly the rest: no more.
+    let (page, more) = store.list_comments(ROOM, None, 5).await.unwrap().unwrap();
+    assert_eq!(contents(&page), ["c4", "c3", "c2", "c1", "c0"]);
+    assert!(!more);
+    let (page, more) = store.list_comments(ROOM, None, 100).await.unwrap().unwrap();
+    assert_eq!(page.len(), 5);
+    assert!(!more);
+    let (page, more) = store.list_comments(ROOM, None, 0).await.unwrap().unwrap();
+    assert!(page.is_empty());
+    assert!(more);
+
+    // An unknown `before`, or one of another room: NOT_FOUND for the caller.
+    assert_eq!(
+        store
+            .list_comments(ROOM, Some("no-such-id"), 10)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .list_comments(ROOM, Some(&other[2].id), 10)
+            .await
+            .unwrap(),
+        None
+    );
+    let (page, more) = store
+        .list_comments("task:empty:comments", None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(page.is_empty());
+    assert!(!more);
+
+    // Deleted comments leave the pages; a deleted cursor is unknown.
+    assert!(store.delete_comment(&room[3].id).await.unwrap());
+    assert_eq!(
+        store
+            .list_comments(ROOM, Some(&room[3].id), 10)
+            .await
+            .unwrap(),
+        None
+    );
+    let (page, more) = store
+        .list_comments(ROOM, Some(&room[4].id), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&page), ["c2", "c1", "c0"]);
+    assert!(!more);
+
+    // A comment added later with an older timestamp is still the newest.
+    add(store, ROOM, "late", 1).await;
+    let (page, _) = store.list_comments(ROOM, None, 1).await.unwrap().unwrap();
+    assert_eq!(contents(&page), ["late"]);
+
+    let (page, more) = store
+        .list_comments(OTHER_ROOM, None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contents(&page), ["o4", "o3", "o2", "o1", "o0"]);
+    assert!(!more);
+}
+
+async fn offline_pending_then_ack(store: &Store) {
+    let now = 1_000_000;
+    let mut seqs = Vec::new();
+    for (i, event) in ["direct_message", "mention", "direct_message"]
+        .iter()
+        .enumerate()
+    {
+        let payload = format!(r#"{{"n":{i},"message":"hé \"x\""}}"#);
+        seqs.push(
+            store
+                .offline_push("u1", event, &payload, now + i as i64, DAY)
+                .await
+                .unwrap(),
+        );
+    }
+    store
+        .offline_push("u2", "direct_message", "{}", now, DAY)
+        .await
+        .unwrap();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let pending = store.offline_pending("u1", now + 10, 100).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending.iter().map(|m| m.seq).collect::<Vec<_>>(), seqs);
+    assert_eq!(
+        pending.iter().map(|m| m.event.as_str()).collect::<Vec<_>>(),
+        ["direct_message", "mention", "direct_message"]
+    );
+    assert_eq!(pending[1].payload, r#"{"n":1,"message":"hé \"x\""}"#);
+    assert_eq!(pending[2].created_at, now + 2);
+    assert_eq!(pending[2].expires_at, now + 2 + DAY.as_millis() as i64);
+
+    // Reading does not remove: a second read (say after a disconnect mid-delivery)
+    // returns the same entries.
+    assert_eq!(
+        store.offline_pending("u1", now + 10, 100).await.unwrap(),
+        pending
+    );
+
+    // Hand over two, acknowledge them: only the third remains.
+    let first_two = store.offline_pending("u1", now + 10, 2).await.unwrap();
+    assert_eq!(first_two, pending[..2]);
+    assert_eq!(store.offline_ack("u1", first_two[1].seq).await.unwrap(), 2);
+    assert_eq!(
+        store.offline_pending("u1", now + 10, 100).await.unwrap(),
+        pending[2..]
+    );
+    assert_eq!(store.offline_ack("u1", first_two[1].seq).await.unwrap(), 0);
+
+    // A message queued during delivery comes after the ones handed over, and an ack of
+    // those leaves it.
+    let later = store
+        .offline_push("u1", "direct_message", "{\"n\":3}", now + 20, DAY)
+        .await
+        .unwrap();
+    assert!(later > pending[2].seq);
+    assert_eq!(store.offline_ack("u1", pending[2].seq).await.unwrap(), 1);
+    let rest = store.offline_pending("u1", now + 30, 100).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.seq).collect::<Vec<_>>(), [later]);
+    assert_eq!(store.offline_ack("u1", later).await.unwrap(), 1);
+    assert!(
+        store
+            .offline_pending("u1", now + 30, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Other users' queues are their own.
+    let u2 = store.offline_pending("u2", now + 30, 100).await.unwrap();
+    assert_eq!(u2.len(), 1);
+    assert_eq!(store.offline_ack("u1", i64::MAX).await.unwrap(), 0);
+    assert_eq!(
+        store.offline_pending("u2", now + 30, 100).await.unwrap(),
+        u2
+    );
+}
+
+async fn offline_cap(store: &Store) {
+    let now = 5_000;
+    let extra = 5;
+    for n in 0..OFFLINE_CAP + extra {
+        store
+            .offline_push("u1", "direct_message", &format!("{{\"n\":{n}}}"), now, DAY)
+            .await
+            .unwrap();
+    }
+    for n in 0..3 {
+        store
+            .offline_push("u2", "mention", &format!("{{\"n\":{n}}}"), now, DAY)
+            .await
+            .unwrap();
+    }
+    let pending = store.offline_pending("u1", now, 5000).await.unwrap();
+    assert_eq!(pending.len() as i64, OFFLINE_CAP);
+    // The oldest went; the newest are all there, in order.
+    assert_eq!(pending[0].payload, format!("{{\"n\":{extra}}}"));
+    assert_eq!(
+        pending.last().unwrap().payload,
+        format!("{{\"n\":{}}}", OFFLINE_CAP + extra - 1)
+    );
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        store.offline_pending("u2", now, 5000).await.unwrap().len(),
+        3
+    );
+    // The limit applies.
+    assert_eq!(
+        store.offline_pending("u1", now, 10).await.unwrap()[..],
+        pending[..10]
+    );
+}
+
+async fn offline_ttl_and_purge(store: &Store) {
+    let ttl = |s| Duration::from_secs(s);
+    let a = store
+        .offline_push("u1", "a", "{}", 1_000, ttl(10))
+        .await
+        .unwrap();
+    let b = store
+        .offline_push("u1", "b", "{}", 2_000, ttl(20))
+        .await
+        .unwrap();
+    // A zero TTL is expired at once.
+    store
+        .offline_push("u1", "c", "{}", 1_000, ttl(0))
+        .await
+        .unwrap();
+    let d = store
+        .offline_push("u2", "d", "{}", 1_000, ttl(100))
+        .await
+        .unwrap();
+    let seqs = |v: Vec<trestle::store::OfflineMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+
+    assert_eq!(
+        seqs(store.offline_pending("u1", 2_000, 10).await.unwrap()),
+        [a, b]
+    );
+    assert_eq!(
+        seqs(store.offline_pending("u1", 10_999, 10).await.unwrap()),
+        [a, b]
+    );
+    // expires_at is exclusive: at 11,000 the first has expired.
+    assert_eq!(
+        seqs(store.offline_pending("u1", 11_000, 10).await.unwrap()),
+        [b]
+    );
+    assert_eq!(
+        seqs(store.offline_pending("u1", 22_000, 10).await.unwrap()),
+        [0i64; 0]
+    );
+
+    // Purging at 11,000 removes a and c, of every user; the live ones stay.
+    assert_eq!(store.offline_purge_expired(11_000).await.unwrap(), 2);
+    assert_eq!(store.offline_purge_expired(11_000).await.unwrap(), 0);
+    assert_eq!(
+        seqs(store.offline_pending("u1", 11_000, 10).await.unwrap()),
+        [b]
+    );
+    // Purged entries are gone even for a reader with an earlier clock.
+    assert_eq!(seqs(store.offline_pending("u1", 0, 10).await.unwrap()), [b]);
+    assert_eq!(store.offline_purge_expired(22_000).await.unwrap(), 1);
+    assert_eq!(
+        seqs(store.offline_pending("u2", 22_000, 10).await.unwrap()),
+        [d]
+    );
+    assert_eq!(store.offline_purge_expired(101_000).await.unwrap(), 1);
+    assert!(store.offline_pending("u2", 0, 10).await.unwrap().is_empty());
+}
+
+async fn offline_concurrent_pushes(store: &Store) {
+    // Many writers at once on the pool's connections: none may fail (SQLite: the busy
+    // timeout; PostgreSQL: the queue row lock), and none may be lost.
+    let payloads: Vec<String> = (0..40).map(|n| n.to_string()).collect();
+    let pushes = payloads.iter().enumerate().map(|(n, payload)| {
+        let user = if n % 2 == 0 { "u1" } else { "u2" };
+        store.offline_push(user, "direct_message", payload, 1, DAY)
+    });
+    let results = join_all(pushes).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    for (user, parity) in [("u1", 0), ("u2", 1)] {
+        let pending = store.offline_pending(user, 1, 100).await.unwrap();
+        assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+        let mut got: Vec<i64> = pending.iter().map(|m| m.payload.parse().unwrap()).collect();
+        got.sort();
+        let want: Vec<i64> = (0..40).filter(|n| n % 2 == parity).collect();
+        assert_eq!(got, want);
+    }
+}
+
+async fn ping_and_close(store: &Store) {
+    store.ping().await.unwrap();
+    store.close().await;
+    assert!(store.ping().await.is_err());
+    assert!(store.get_comment("x").await.is_err());
+}
+
+/// One test per scenario and backend: `sqlite::<scenario>` and `postgres::<scenario>`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let db = super::SqliteDb::new().await;
+                    assert_eq!(db.store.backend(), trestle::store::Backend::Sqlite);
+                    super::$scenario(&db.store).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let db = super::PgDb::new().await;
+                    assert_eq!(db.store.backend(), trestle::store::Backend::Postgres);
+                    super::$scenario(&db.store).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    comment_crud,
+    comment_pages,
+    offline_pending_then_ack,
+    offline_cap,
+    offline_ttl_and_purge,
+    offline_concurrent_pushes,
+    ping_and_close,
+);
+
+// ---------------------------------------------------------------------------------------
+// Backend-specific checks.
+
+#[tokio::test]
+async fn sqlite_creates_the_file_in_wal_mode_and_keeps_data() {
+    let dir = TempDir::new("sqlite-file");
+    let data_dir = dir.path().join("not yet").join("there");
+    let url = default_database_url(&data_dir);
+    let store = Store::connect(&url).await.unwrap();
+    let file = data_dir.join("trestle.db");
+    assert!(file.is_file(), "the file and its directories are created");
+    let c = add(&store, ROOM, "kept", 1).await;
+    store.close().await;
+
+    // WAL is a property of the file, seen by any connection.
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&file);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.close().await.unwrap();
+
+    // Connecting again runs the migrations again (nothing to do) and finds the data, also
+    // through a URL without a mode.
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.get_comment(&c.id).await.unwrap(), Some(c));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_keeps_data_across_calls() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite://?mode=memory",
+    ] {
+        let store = Store::connect(url).await.unwrap();
+        assert_eq!(store.backend(), Backend::Sqlite);
+        let c = add(&store, ROOM, "in memory", 1).await;
+        for _ in 0..3 {
+            assert_eq!(store.get_comment(&c.id).await.unwrap().as_ref(), Some(&c));
+        }
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused_without_echoing_them() {
+    for url in ["mysql://root:hunter2@localhost/db", "hunter2", "sqlite://"] {
+        let err = Store::connect(url).await.unwrap_err();
+        assert!(!format!("{err:#}").contains("hunter2"), "{err:#}");
+    }
+    // An unreachable server: the error names the backend, not the URL.
+    let port = free_port();
+    let err = Store::connect(&format!("postgres://u:hunter2@127.0.0.1:{port}/db"))
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("postgres"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn postgres_migrations_run_once_and_both_schemes_work() {
+    let db = PgDb::new().await;
+    let c = add(&db.store, ROOM, "kept", 1).await;
+    db.store.ping().await.unwrap();
+    let mut again = reqwest::Url::parse(&db.url).unwrap();
+    again.set_scheme("postgresql").unwrap();
+    let second = Store::connect(again.as_str()).await.unwrap();
+    assert_eq!(second.backend(), Backend::Postgres);
+    assert_eq!(second.get_comment(&c.id).await.unwrap(), Some(c));
+    second.close().await;
+    db.store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixtures.
+
+/// A directory under the system temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let name = format!("trestle-store-{label}-{}", new_id().unwrap());
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A store on a new SQLite file.
+struct SqliteDb {
+    // Dropped before the directory.
+    store: Store,
+    _dir: TempDir,
+}
+
+impl SqliteDb {
+    async fn new() -> SqliteDb {
+        let dir = TempDir::new("sqlite");
+        let store = Store::connect(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        SqliteDb { store, _dir: dir }
+    }
+}
+
+/// A store on a new PostgreSQL database, dropped with it.
+struct PgDb {
+    store: Store,
+    url: String,
+    _db: TempPgDatabase,
+}
+
+impl PgDb {
+    async fn new() -> PgDb {
+        let db = TempPgDatabase::create().await;
+        let url = db.url.clone();
+        let store = Store::connect(&url).await.unwrap();
+        PgDb {
+            store,
+            url,
+            _db: db,
+        }
+    }
+}
+
+/// A database `t_<random>` on the test server, dropped (with any connection left) on drop.
+struct TempPgDatabase {
+    server: PgServer,
+    name: String,
+    url: String,
+}
+
+impl TempPgDatabase {
+    async fn create() -> TempPgDatabase {
+        let server = PgServer::get();
+        let name = format!("t_{}", new_id().unwrap().replace('-', ""));
+        let mut admin = sqlx::PgConnection::connect(&server.admin_url)
+            .await
+            .expect("connect to the test PostgreSQL admin URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let mut url = reqwest::Url::parse(&server.admin_url).unwrap();
+        url.set_path(&name);
+        TempPgDatabase {
+            server,
+            name,
+            url: url.into(),
+        }
+    }
+}
+
+impl Drop for TempPgDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread with a
+        // runtime of its own does the async clean-up.
+        let admin_url = self.server.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                sqlx::query(&sql).execute(&mut admin).await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {done:?}", self.name);
+        }
+    }
+}
+
+/// A hold on the PostgreSQL server of the tests: `TEST_DATABASE_URL`'s, or the throwaway
+/// cluster, which runs while any test holds it.
+struct PgServer {
+    admin_url: String,
+    /// Whether this hold counts towards the throwaway cluster.
+    holds_cluster: bool,
+}
+
+/// The throwaway cluster and how many tests hold it. One lock for both, so that a stop
+/// and the next start never overlap.
+static CLUSTER: Mutex<(usize, Option<PgCluster>)> = Mutex::new((0, None));
+
+impl PgServer {
+    fn get() -> PgServer {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL")
+            && !url.is_empty()
+        {
+            return PgServer {
+                admin_url: url,
+                holds_cluster: false,
+            };
+        }
+        let mut cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        let admin_url = cluster.1.get_or_insert_with(PgCluster::start).admin_url();
+        cluster.0 += 1;
+        PgServer {
+            admin_url,
+            holds_cluster: true,
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if !self.holds_cluster {
+            return;
+        }
+        let mut cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        cluster.0 -= 1;
+        if cluster.0 == 0 {
+            // The last test using it: stop it now, under the lock.
+            cluster.1 = None;
+        }
+    }
+}
+
+/// A running PostgreSQL server on the data directory of [`PgData`]: the Drop guard that
+/// stops it (`pg_ctl stop -m immediate`).
+struct PgCluster {
+    port: u16,
+}
+
+impl PgCluster {
+    fn start() -> PgCluster {
+        let data = PgData::get();
+        // The free port may be taken between finding and binding it: try a few.
+        for attempt in 1..=5 {
+            let port = free_port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off",
+                data.dir.display()
+            );
+            let out = data
+                .pg_ctl()
+                .arg("-l")
+                .arg(data.dir.join("log"))
+                .args(["-o", &options, "-w", "-t", "60", "start"])
+                .output()
+                .expect("run pg_ctl start");
+            if out.status.success() {
+                eprintln!(
+                    "started PostgreSQL in {} on port {port}",
+                    data.dir.display()
+                );
+                return PgCluster { port };
+            }
+            eprintln!(
+                "pg_ctl start failed (attempt {attempt}): {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(data.dir.join("log")).unwrap_or_default()
+            );
+        }
+        panic!("could not start the PostgreSQL test cluster");
+    }
+
+    fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let stopped = PgData::get()
+            .pg_ctl()
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        if !matches!(&stopped, Ok(o) if o.status.success()) {
+            eprintln!("pg_ctl stop failed: {stopped:?}");
+        }
+    }
+}
+
+/// This process's cluster directory, made once by initdb and reused by every start (so a
+/// restart costs a `pg_ctl start`, not an initdb), with a watchdog process that stops the
+/// server and removes the directory when this process ends, however it ends: the
+/// watchdog waits for the end of a pipe that only this process holds open.
+struct PgData {
+    bin: PathBuf,
+    dir: PathBuf,
+    as_postgres: bool,
+    _watchdog: std::process::Child,
+}
+
+const CLUSTER_PREFIX: &str = "trestle-store-pg-";
+
+impl PgData {
+    fn get() -> &'static PgData {
+        static DATA: OnceLock<PgData> = OnceLock::new();
+        DATA.get_or_init(PgData::create)
+    }
+
+    fn create() -> PgData {
+        let bin = postgres_bin_dir();
+        let as_postgres = is_root();
+        remove_stale_clusters(&bin, as_postgres);
+        let dir = std::env::temp_dir().join(format!("{CLUSTER_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            // initdb refuses to run as root; the cluster belongs to the postgres user.
+            run(Command::new("chown").arg("postgres:postgres").arg(&dir));
+        }
+        let watchdog = pg_command(&bin, "sh", as_postgres)
+            .args([
+                "-c",
+                r#"cat >/dev/null; "$1" -D "$2/data" -m immediate -w stop; rm -rf "$2""#,
+                "watchdog",
+            ])
+            .arg(bin.join("pg_ctl"))
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the PostgreSQL watchdog");
+        run(pg_command(&bin, "initdb", as_postgres)
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+            .args(["--encoding=UTF8", "--locale=C"]));
+        PgData {
+            bin,
+            dir,
+            as_postgres,
+            _watchdog: watchdog,
+        }
+    }
+
+    /// `pg_ctl -D <data>`.
+    fn pg_ctl(&self) -> Command {
+        let mut c = pg_command(&self.bin, "pg_ctl", self.as_postgres);
+        c.arg("-D").arg(self.dir.join("data"));
+        c
+    }
+}
+
+/// `tool` from `bin` (or else from the PATH), run as the postgres user when this process
+/// is root.
+fn pg_command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
+    let path = match bin.join(tool) {
+        path if path.is_file() => path,
+        _ => PathBuf::from(tool),
+    };
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+/// Runs a command to completion, panicking with its output when it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb` and `pg_ctl`.
+fn postgres_bin_dir() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).expect(
+        "no PostgreSQL server found under /usr/lib/postgresql/*/bin: \
+         install one or set TEST_DATABASE_URL",
+    )
+}
+
+/// Stops and removes clusters left by test processes that died without their clean-up
+/// (killed, say): their directory names carry the process id.
+fn remove_stale_clusters(bin: &Path, as_postgres: bool) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(CLUSTER_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next() else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = pg_command(bin, "pg_ctl", as_postgres)
+            .arg("-D")
+            .arg(entry.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A TCP port free on 127.0.0.1 at the time of asking.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
