@@ -1,6 +1,13 @@
 //! `subscribe_metrics` / `unsubscribe_metrics`, and the `metrics_update` feed.
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::Serialize;
 use serde_json::{Value as Json, json};
@@ -14,7 +21,7 @@ use crate::{error::AppError, rooms::Room, server::App, time::iso_now};
 pub struct MetricsFeed {
     subscribers: Mutex<HashSet<Sid>>,
     /// Events per second over the last interval, as `f64` bits.
-    rate_bits: std::sync::atomic::AtomicU64,
+    rate_bits: AtomicU64,
 }
 
 impl MetricsFeed {
@@ -25,6 +32,15 @@ impl MetricsFeed {
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Events per second over the last interval.
+    fn last_rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    fn set_rate(&self, rate: f64) {
+        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     /// Stops sending to `sid` (unsubscribe or disconnect).
@@ -93,12 +109,6 @@ pub async fn unsubscribe_metrics<A: Adapter>(cx: &Cx<'_, A>) -> Result<Json, App
     Ok(json!({}))
 }
 
-impl MetricsFeed {
-    fn last_rate(&self) -> f64 {
-        f64::from_bits(self.rate_bits.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
 /// Sends `metrics_update` to every subscriber every `METRICS_INTERVAL_MS`.
 pub async fn publish_every<A: Adapter>(app: App<A>) {
     let period = Duration::from_millis(app.state.config.metrics_interval_ms.max(100));
@@ -116,9 +126,7 @@ pub async fn publish_every<A: Adapter>(app: App<A>) {
         };
         let rate = (rate * 100.0).round() / 100.0;
         last = now;
-        app.metrics_feed
-            .rate_bits
-            .store(rate.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        app.metrics_feed.set_rate(rate);
         let subscribers = app.metrics_feed.subscribers();
         if subscribers.is_empty() {
             continue;
