@@ -126,6 +126,18 @@ pub struct Config {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// A user's `typing_comment` is relayed at most once per this many milliseconds per room.
+    #[arg(long, env = "TYPING_THROTTLE_MS", default_value_t = 300)]
+    pub typing_throttle_ms: u64,
+
+    /// `typing_stopped` is sent this many milliseconds after a user's last `typing_comment`.
+    #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 5_000)]
+    pub typing_timeout_ms: u64,
+
+    /// How long direct messages and mentions wait for an offline user, in milliseconds.
+    #[arg(long, env = "OFFLINE_TTL_MS", default_value_t = 86_400_000)]
+    pub offline_ttl_ms: u64,
+
     /// Interval of `metrics_update` events to subscribers, in milliseconds.
     #[arg(long, env = "METRICS_INTERVAL_MS", default_value_t = 5_000)]
     pub metrics_interval_ms: u64,

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use socketioxide::{
     adapter::Adapter,
     extract::{AckSender, Event, SocketRef, TryData},
-    handler::{FromMessageParts, MessageHandler},
+    handler::{FromConnectParts, FromDisconnectParts, FromMessageParts, MessageHandler},
     socket::{DisconnectReason, Socket},
 };
 use socketioxide_core::Value;
@@ -41,6 +41,8 @@ pub struct Conn {
     pub user: User,
     /// Rooms joined with `join_room` (auto-joined rooms are not listed).
     pub joined: Mutex<Vec<Room>>,
+    /// Rooms this socket is typing in.
+    pub typing: handlers::typing::Typing,
     limiter: EventLimiter,
     inbox: Mutex<Inbox>,
     _slot: ConnSlot,
@@ -61,6 +63,8 @@ struct Job {
 /// What to do for an event. Refusals decided on arrival (unknown name, rate limit) wait
 /// in the same queue, so every answer leaves in the order the events came.
 enum Work {
+    /// The user's queued offline messages, first of all, right after the CONNECT ack.
+    DeliverOffline,
     Handle(ClientEvent, Value),
     Refuse(AppError),
     RefuseAndDisconnect(AppError),
@@ -163,45 +167,81 @@ fn admit_socket<A: Adapter>(
     // it so that one socket can be reached from any instance.
     rooms.push(socket.id.to_string());
     tracing::debug!(sid = %socket.id, user = %user.id, ip = %slot.ip(), "connecting");
+    // Offline messages go out before the socket's first event is handled: their delivery
+    // is the first job of the queue, which the connect handler starts after the ack.
+    let inbox = Inbox {
+        queue: VecDeque::from([Job {
+            work: Work::DeliverOffline,
+            ack: None,
+        }]),
+        running: true,
+    };
     let conn = Arc::new(Conn {
         user,
         joined: Mutex::new(Vec::new()),
+        typing: Default::default(),
         limiter: EventLimiter::new(cfg.rate_limit_per_minute, cfg.rate_limit_disconnect_after),
-        inbox: Mutex::new(Inbox::default()),
+        inbox: Mutex::new(inbox),
         _slot: slot,
     });
     socket.extensions.insert(conn);
     socket.join(rooms);
     socket.on_fallback(Dispatcher { app: app.clone() });
     let on_gone = app.clone();
-    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
+    socket.on_disconnect(move |socket: RawSocket<A>, reason: DisconnectReason| {
         let app = on_gone.clone();
         async move { on_disconnect(app, socket, reason).await }
     });
     Ok(())
 }
 
-/// The connect handler, run after the CONNECT ack: counts and logs the connection.
+/// The socket itself, for the connect and disconnect handlers (socketioxide's
+/// `SocketRef` does not give it out, and the event queue works on it).
+pub struct RawSocket<A: Adapter>(pub Arc<Socket<A>>);
+
+impl<A: Adapter> FromConnectParts<A> for RawSocket<A> {
+    type Error = std::convert::Infallible;
+    fn from_connect_parts(s: &Arc<Socket<A>>, _: &Option<Value>) -> Result<Self, Self::Error> {
+        Ok(RawSocket(s.clone()))
+    }
+}
+
+impl<A: Adapter> FromDisconnectParts<A> for RawSocket<A> {
+    type Error = std::convert::Infallible;
+    fn from_disconnect_parts(s: &Arc<Socket<A>>, _: DisconnectReason) -> Result<Self, Self::Error> {
+        Ok(RawSocket(s.clone()))
+    }
+}
+
+/// The connect handler, run after the CONNECT ack: counts and logs the connection, and
+/// starts the socket's queue (offline delivery first).
 pub fn on_connect<A: Adapter>(
     app: App<A>,
-) -> impl FnOnce(SocketRef<A>) -> futures_util::future::Ready<()> + Clone + Send + Sync + 'static {
-    move |socket: SocketRef<A>| {
+) -> impl FnOnce(RawSocket<A>) -> futures_util::future::Ready<()> + Clone + Send + Sync + 'static {
+    move |RawSocket(socket): RawSocket<A>| {
         app.state.metrics.connected();
         if let Some(conn) = conn_of(&socket) {
             tracing::info!(sid = %socket.id, user = %conn.user.id, transport = ?socket.transport_type(), "connected");
+            tokio::spawn(drain(app.clone(), socket.clone(), conn));
         }
         futures_util::future::ready(())
     }
 }
 
-async fn on_disconnect<A: Adapter>(app: App<A>, socket: SocketRef<A>, reason: DisconnectReason) {
+async fn on_disconnect<A: Adapter>(
+    app: App<A>,
+    RawSocket(socket): RawSocket<A>,
+    reason: DisconnectReason,
+) {
     let label = disconnect_label(reason);
     app.state.metrics.disconnected(label);
     app.metrics_feed.unsubscribe(socket.id);
     let Some(conn) = conn_of(&socket) else { return };
     tracing::info!(sid = %socket.id, user = %conn.user.id, reason = label, "disconnected");
+    handlers::typing::stop_all(&app, &socket, &conn).await;
+    let socket_ref = SocketRef::from(socket.clone());
     for room in conn.joined_rooms() {
-        handlers::rooms::announce_left(&app.state, &socket, &conn.user, &room).await;
+        handlers::rooms::announce_left(&app.state, &socket_ref, &conn.user, &room).await;
     }
 }
 
@@ -288,6 +328,7 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
             continue;
         }
         match job.work {
+            Work::DeliverOffline => handlers::messages::deliver_offline(&app, &socket, &conn).await,
             Work::Handle(event, mut value) => {
                 let handled = std::panic::AssertUnwindSafe(handlers::handle(
                     &app, &socket, &conn, event, &mut value,

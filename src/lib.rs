@@ -29,6 +29,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod rooms;
+pub mod sanitize;
 pub mod server;
 pub mod store;
 pub mod time;

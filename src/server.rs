@@ -19,7 +19,6 @@ use serde::Serialize;
 use socketioxide::{
     SocketIo, SocketIoBuilder,
     adapter::{Adapter, LocalAdapter},
-    extract::SocketRef,
     handler::ConnectHandler,
 };
 use socketioxide_redis::FredAdapter;
@@ -57,6 +56,8 @@ pub struct AppState {
     pub redis: Option<RedisHealth>,
     /// Durable data: SQLite or PostgreSQL.
     pub store: Store,
+    /// Throttle of `typing_comment` relays per user and room.
+    pub typing: crate::handlers::typing::Throttle,
     /// Serialises the size check and the join of `join_room` per room (striped), so two
     /// concurrent joins cannot both take the last place.
     room_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -73,6 +74,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             redis: None,
             store,
+            typing: Default::default(),
             room_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })
@@ -152,7 +154,7 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
 }
 
 /// The `/` namespace's connect handler with its admission middleware.
-pub fn namespace<A: Adapter>(app: &App<A>) -> impl ConnectHandler<A, (SocketRef<A>,)> {
+pub fn namespace<A: Adapter>(app: &App<A>) -> impl ConnectHandler<A, (connection::RawSocket<A>,)> {
     connection::on_connect(app.clone()).with(connection::admit(app.clone()))
 }
 

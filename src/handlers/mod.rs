@@ -4,8 +4,12 @@
 //! take the [`Cx`] of the socket and the payload, and return the ack body or an
 //! [`AppError`]; `connection` turns that into the contract's answer.
 
+pub mod comments;
+pub mod messages;
 pub mod metrics;
 pub mod rooms;
+pub mod tasks;
+pub mod typing;
 
 use std::sync::Arc;
 
@@ -72,16 +76,43 @@ pub enum ClientEvent {
     SubscribeMetrics,
     /// `unsubscribe_metrics`
     UnsubscribeMetrics,
+    /// `new_comment`
+    NewComment,
+    /// `edit_comment`
+    EditComment,
+    /// `delete_comment`
+    DeleteComment,
+    /// `list_comments`
+    ListComments,
+    /// `typing_comment`
+    TypingComment,
+    /// `typing_stop`
+    TypingStop,
+    /// `task_update`
+    TaskUpdate,
+    /// `time_tracking`
+    TimeTracking,
+    /// `direct_message`
+    DirectMessage,
 }
 
 impl ClientEvent {
     /// Every event, in declaration order (the discriminant is the index).
-    pub const ALL: [ClientEvent; 5] = [
+    pub const ALL: [ClientEvent; 14] = [
         ClientEvent::JoinRoom,
         ClientEvent::LeaveRoom,
         ClientEvent::BroadcastRoom,
         ClientEvent::SubscribeMetrics,
         ClientEvent::UnsubscribeMetrics,
+        ClientEvent::NewComment,
+        ClientEvent::EditComment,
+        ClientEvent::DeleteComment,
+        ClientEvent::ListComments,
+        ClientEvent::TypingComment,
+        ClientEvent::TypingStop,
+        ClientEvent::TaskUpdate,
+        ClientEvent::TimeTracking,
+        ClientEvent::DirectMessage,
     ];
 
     /// The event name on the wire.
@@ -92,6 +123,15 @@ impl ClientEvent {
             ClientEvent::BroadcastRoom => "broadcast_room",
             ClientEvent::SubscribeMetrics => "subscribe_metrics",
             ClientEvent::UnsubscribeMetrics => "unsubscribe_metrics",
+            ClientEvent::NewComment => "new_comment",
+            ClientEvent::EditComment => "edit_comment",
+            ClientEvent::DeleteComment => "delete_comment",
+            ClientEvent::ListComments => "list_comments",
+            ClientEvent::TypingComment => "typing_comment",
+            ClientEvent::TypingStop => "typing_stop",
+            ClientEvent::TaskUpdate => "task_update",
+            ClientEvent::TimeTracking => "time_tracking",
+            ClientEvent::DirectMessage => "direct_message",
         }
     }
 
@@ -103,8 +143,35 @@ impl ClientEvent {
     /// Whether the event counts against the per-socket rate limit (typing indicators and
     /// upload chunks do not, by contract).
     pub fn is_rate_limited(self) -> bool {
-        true
+        !matches!(self, ClientEvent::TypingComment | ClientEvent::TypingStop)
     }
+}
+
+/// Longest user text (comments, direct messages), in code points after trimming.
+pub const MAX_TEXT: usize = 10_000;
+
+/// Trims and checks user text: blank or not a string is `INVALID_PAYLOAD`, over
+/// [`MAX_TEXT`] code points is `TOO_LARGE`; markup that could run script is removed.
+pub fn clean_text(field: &str, text: &str) -> Result<String, AppError> {
+    let trimmed = text.trim();
+    let len = trimmed.chars().count();
+    if len == 0 {
+        return Err(AppError::invalid(format!("{field} is empty")));
+    }
+    if len > MAX_TEXT {
+        return Err(AppError::new(
+            crate::error::Code::TooLarge,
+            format!("{field} is longer than {MAX_TEXT} characters"),
+        ));
+    }
+    let clean = crate::sanitize::clean(trimmed);
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return Err(AppError::invalid(format!(
+            "{field} is empty once markup is removed"
+        )));
+    }
+    Ok(clean.to_owned())
 }
 
 /// What a handler works with: the app, the socket and its connection state.
@@ -119,6 +186,29 @@ pub struct Cx<'a, A: Adapter> {
 }
 
 impl<A: Adapter> Cx<'_, A> {
+    /// The first argument of the event as a typed payload; a wrong shape is
+    /// `INVALID_PAYLOAD` naming the field.
+    pub fn payload<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
+        let json: Json = self.first(value)?;
+        if !json.is_object() {
+            return Err(AppError::invalid("The payload must be an object"));
+        }
+        serde_path_to_error::deserialize(json).map_err(|e| {
+            let path = e.path().to_string();
+            AppError::invalid(format!("{path}: {}", e.into_inner()))
+        })
+    }
+
+    /// The socket itself.
+    pub fn raw_socket(&self) -> &Arc<Socket<A>> {
+        self.raw
+    }
+
+    /// The socket as a weak reference, for timers that must not keep it alive.
+    pub fn weak_socket(&self) -> std::sync::Weak<Socket<A>> {
+        Arc::downgrade(self.raw)
+    }
+
     /// The first argument of the event, decoded as `T`.
     pub fn first<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
         match TryData::<T>::from_message_parts(self.raw, value, &None) {
@@ -188,5 +278,14 @@ pub async fn handle<A: Adapter>(
         ClientEvent::BroadcastRoom => rooms::broadcast_room(&cx, value).await,
         ClientEvent::SubscribeMetrics => metrics::subscribe_metrics(&cx).await,
         ClientEvent::UnsubscribeMetrics => metrics::unsubscribe_metrics(&cx).await,
+        ClientEvent::NewComment => comments::new_comment(&cx, value).await,
+        ClientEvent::EditComment => comments::edit_comment(&cx, value).await,
+        ClientEvent::DeleteComment => comments::delete_comment(&cx, value).await,
+        ClientEvent::ListComments => comments::list_comments(&cx, value).await,
+        ClientEvent::TypingComment => typing::typing_comment(&cx, value).await,
+        ClientEvent::TypingStop => typing::typing_stop(&cx, value).await,
+        ClientEvent::TaskUpdate => tasks::task_update(&cx, value).await,
+        ClientEvent::TimeTracking => tasks::time_tracking(&cx, value).await,
+        ClientEvent::DirectMessage => messages::direct_message(&cx, value).await,
     }
 }
