@@ -58,9 +58,10 @@ pub struct AppState {
     pub store: Store,
     /// Throttle of `typing_comment` relays per user and room.
     pub typing: crate::handlers::typing::Throttle,
-    /// Serialises the size check and the join of `join_room` per room (striped), so two
-    /// concurrent joins cannot both take the last place.
-    room_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
+    /// both take the last place; offline delivery holds the user's so two sockets of one
+    /// user connecting at once do not both get the queued messages.
+    locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl AppState {
@@ -75,16 +76,17 @@ impl AppState {
             redis: None,
             store,
             typing: Default::default(),
-            room_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })
     }
 
-    /// The lock that guards joins of `room`.
-    pub fn room_lock(&self, room: &str) -> &tokio::sync::Mutex<()> {
+    /// The lock for `key` (a room name for joins, `user:{id}` for offline delivery). Keys
+    /// share 64 locks, so unrelated keys may wait on each other briefly.
+    pub fn lock_for(&self, key: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
-        &self.room_locks[(h as usize) % self.room_locks.len()]
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.locks[(h as usize) % self.locks.len()]
     }
 
     /// Whether a graceful stop has begun.

@@ -63,3 +63,13 @@ test('cluster: the queuing instance restarts; the user comes back through a new 
   assert.deepEqual(await receive(replacement, user), texts.map((message) => ({ message, offline: true })));
   assert.deepEqual(await receive(cluster.instances[1], user), [], 'delivered once, on any instance');
 });
+
+test('two sockets of one user connecting at once on one instance get the queued messages once between them', async () => {
+  const server = await startServer();
+  cleanup.push(() => server.stop());
+  const user = uniq('twin');
+  const texts = await queueMessages(server, user);
+  const received = await Promise.all([receive(server, user), receive(server, user)]);
+  const all = received.flat().map((m) => m.message);
+  assert.deepEqual(all.sort(), [...texts].sort(), `got ${JSON.stringify(received)}`);
+});

@@ -105,6 +105,11 @@ pub async fn deliver_offline<A: Adapter>(app: &App<A>, socket: &Arc<Socket<A>>, 
         return;
     }
     let store = &app.state.store;
+    // One delivery per user at a time on this instance: a second socket connecting at the
+    // same moment waits, then finds the queue already handed over. (Across instances the
+    // same moment can still deliver twice; see docs/events.md.)
+    let key = format!("user:{}", user.id);
+    let _one_at_a_time = app.state.lock_for(&key).lock().await;
     loop {
         let now = epoch_ms(time::OffsetDateTime::now_utc());
         let pending = match store

@@ -77,7 +77,7 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
         return Err(AppError::forbidden("Too many rooms for this connection"));
     }
     let size = {
-        let _guard = cx.app.state.room_lock(&name).lock().await;
+        let _guard = cx.app.state.lock_for(&name).lock().await;
         let size = room_size(cx, &name).await;
         if cfg.max_room_size > 0 && size >= cfg.max_room_size {
             return Err(AppError::new(Code::RoomFull, "Room is full"));
