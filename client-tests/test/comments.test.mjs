@@ -15,27 +15,14 @@ import {
   uniq,
   waitFor,
   whenConnected,
+  join,
+  assertRecentIso,
+  connectRecording,
+  serverPool,
 } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
-const servers = [];
-after(() => Promise.all(servers.map((s) => s.stop())));
-async function start(env = {}) {
-  const s = await startServer(env);
-  servers.push(s);
-  return s;
-}
-
-async function join(socket, room) {
-  const ack = await emitAck(socket, 'join_room', room);
-  assert.equal(ack.success, true, `join ${room}: ${JSON.stringify(ack)}`);
-}
-
-function assertRecentIso(value, what = 'timestamp') {
-  assert.equal(typeof value, 'string', `${what} is not a string: ${JSON.stringify(value)}`);
-  assert.match(value, ISO_UTC, `${what} is not ISO 8601 UTC: ${value}`);
-  assert.ok(Math.abs(Date.parse(value) - Date.now()) < 60_000, `${what} is not close to now: ${value}`);
-}
+const { start } = serverPool(after);
 
 /** Checks a freshly created comment (section 5): exact keys, no editedAt, parentId only when given. */
 function assertNewComment(c, { room, content, user, mentions = [], parentId }) {
@@ -59,18 +46,6 @@ async function newComment(socket, payload) {
   assert.equal(ack.success, true, `new_comment: ${JSON.stringify(ack)}`);
   assert.deepEqual(Object.keys(ack).sort(), ['comment', 'success'], `ack shape: ${JSON.stringify(ack)}`);
   return ack.comment;
-}
-
-/** Opens a socket that records `events` from before its CONNECT; resolves once queued offline
- * messages have arrived (they precede the ack of the socket's first event, section 10). */
-async function connectRecording(server, claims, events) {
-  const s = openSocket(server, { auth: { token: signToken(claims) } });
-  const recs = Object.fromEntries(events.map((e) => [e, record(s, e)]));
-  await whenConnected(s);
-  // Any event serves as the barrier; joining one's own presence room changes nothing.
-  const barrier = await emitAck(s, 'join_room', `presence:${claims.userId}`);
-  assert.equal(barrier.success, true, JSON.stringify(barrier));
-  return { s, recs };
 }
 
 describe('new_comment', () => {

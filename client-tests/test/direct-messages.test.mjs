@@ -15,16 +15,12 @@ import {
   uniq,
   waitFor,
   whenConnected,
+  connectRecording,
+  serverPool,
 } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
-const servers = [];
-after(() => Promise.all(servers.map((s) => s.stop())));
-async function start(env = {}) {
-  const s = await startServer(env);
-  servers.push(s);
-  return s;
-}
+const { start } = serverPool(after);
 
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -47,18 +43,6 @@ function assertDirectMessage(ev, { id, from, message, offline = false }) {
   assert.match(ev.timestamp, ISO_UTC);
   assert.ok(Math.abs(Date.parse(ev.timestamp) - Date.now()) < 60_000);
   if (offline) assert.equal(ev.offline, true);
-}
-
-/** Opens a socket that records `events` from before its CONNECT; resolves once queued offline
- * messages have arrived (they precede the ack of the socket's first event, section 10). */
-async function connectRecording(server, claims, events) {
-  const s = openSocket(server, { auth: { token: signToken(claims) } });
-  const recs = Object.fromEntries(events.map((e) => [e, record(s, e)]));
-  await whenConnected(s);
-  // Any event serves as the barrier; joining one's own presence room changes nothing.
-  const barrier = await emitAck(s, 'join_room', `presence:${claims.userId}`);
-  assert.equal(barrier.success, true, JSON.stringify(barrier));
-  return { s, recs };
 }
 
 describe('direct_message', () => {

@@ -429,3 +429,43 @@ export function assertErrorAck(ack, code) {
 export const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/;
 
 export const uniq = (prefix = 'u') => `${prefix}${crypto.randomBytes(4).toString('hex')}`;
+
+// ------------------------------------------------------------------ shared by event tests
+
+/** Servers for one test file: `start(env)` starts one, all are stopped in the file's `after`. */
+export function serverPool(afterHook) {
+  const servers = [];
+  afterHook(() => Promise.all(servers.map((s) => s.stop())));
+  return {
+    async start(env = {}) {
+      const s = await startServer(env);
+      servers.push(s);
+      return s;
+    },
+  };
+}
+
+/** `join_room`, asserting success. */
+export async function join(socket, room) {
+  const ack = await emitAck(socket, 'join_room', room);
+  assert.equal(ack.success, true, `join ${room}: ${JSON.stringify(ack)}`);
+}
+
+/** An ISO 8601 UTC string close to now. */
+export function assertRecentIso(value, what = 'timestamp') {
+  assert.equal(typeof value, 'string', `${what} is not a string: ${JSON.stringify(value)}`);
+  assert.match(value, ISO_UTC, `${what} is not ISO 8601 UTC: ${value}`);
+  assert.ok(Math.abs(Date.parse(value) - Date.now()) < 60_000, `${what} is not close to now: ${value}`);
+}
+
+/** Opens a socket that records `events` from before its CONNECT; resolves once queued offline
+ * messages have arrived (they precede the ack of the socket's first event, section 10). */
+export async function connectRecording(server, claims, events) {
+  const s = openSocket(server, { auth: { token: signToken(claims) } });
+  const recs = Object.fromEntries(events.map((e) => [e, record(s, e)]));
+  await whenConnected(s);
+  // Any event serves as the barrier; joining one's own presence room changes nothing.
+  const barrier = await emitAck(s, 'join_room', `presence:${claims.userId}`);
+  assert.equal(barrier.success, true, JSON.stringify(barrier));
+  return { s, recs };
+}

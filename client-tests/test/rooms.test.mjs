@@ -2,15 +2,9 @@
 // user_joined / user_left, ROOM_FULL, the rooms-per-socket cap, error acks and `error` events.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { assertErrorAck, connect, connectAs, emitAck, flush, record, startServer, waitFor } from './helpers.mjs';
+import { assertErrorAck, connect, connectAs, emitAck, flush, record, startServer, waitFor, serverPool } from './helpers.mjs';
 
-const servers = [];
-after(() => Promise.all(servers.map((s) => s.stop())));
-async function start(env = {}) {
-  const s = await startServer(env);
-  servers.push(s);
-  return s;
-}
+const { start } = serverPool(after);
 
 describe('join_room / leave_room (default limits)', () => {
   let server;

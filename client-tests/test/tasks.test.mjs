@@ -2,26 +2,9 @@
 // user_activity in project:{p}:activity, time_tracking_updated in task:{t}:time.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor } from './helpers.mjs';
+import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor, join, assertRecentIso, serverPool } from './helpers.mjs';
 
-const servers = [];
-after(() => Promise.all(servers.map((s) => s.stop())));
-async function start(env = {}) {
-  const s = await startServer(env);
-  servers.push(s);
-  return s;
-}
-
-async function join(socket, room) {
-  const ack = await emitAck(socket, 'join_room', room);
-  assert.equal(ack.success, true, `join ${room}: ${JSON.stringify(ack)}`);
-}
-
-function assertRecentIso(value, what = 'timestamp') {
-  assert.equal(typeof value, 'string', `${what}: ${JSON.stringify(value)}`);
-  assert.match(value, ISO_UTC);
-  assert.ok(Math.abs(Date.parse(value) - Date.now()) < 60_000, `${what} not close to now: ${value}`);
-}
+const { start } = serverPool(after);
 
 const randomNumericId = () => Math.floor(Math.random() * 1e9) + 1;
 

@@ -2,23 +2,12 @@
 // indicators, the relay throttle, typing_stopped on stop / timeout / comment / disconnect.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor } from './helpers.mjs';
+import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor, join, serverPool } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
-const servers = [];
-after(() => Promise.all(servers.map((s) => s.stop())));
-async function start(env = {}) {
-  const s = await startServer(env);
-  servers.push(s);
-  return s;
-}
+const { start } = serverPool(after);
 
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function join(socket, room) {
-  const ack = await emitAck(socket, 'join_room', room);
-  assert.equal(ack.success, true, `join ${room}: ${JSON.stringify(ack)}`);
-}
 
 async function typing(socket, room) {
   const ack = await emitAck(socket, 'typing_comment', { room });

@@ -5,7 +5,7 @@ use serde_json::{Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 
-use super::{Cx, clean_text, messages, typing};
+use super::{Cx, clean_text, id_field, messages, typing};
 use crate::{
     cluster,
     error::{AppError, Code},
@@ -57,10 +57,6 @@ fn comments_room<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<Room, AppErro
         return Err(AppError::forbidden("Not allowed in this room"));
     }
     Ok(room)
-}
-
-fn id_field(field: &str, v: &Json) -> Result<Id, AppError> {
-    Id::from_json(v).ok_or_else(|| AppError::invalid(format!("{field} is missing or invalid")))
 }
 
 /// Mentioned user ids: deduplicated, the author removed, at most [`MAX_MENTIONS`].

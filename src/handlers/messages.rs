@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, socket::Socket};
 use socketioxide_core::Value;
 
-use super::{Cx, clean_text};
+use super::{Cx, clean_text, id_field};
 use crate::{
     cluster,
     connection::Conn,
@@ -78,7 +78,7 @@ pub async fn direct_message<A: Adapter>(
             "Anonymous users cannot send direct messages",
         ));
     }
-    let to = Id::from_json(&p.to).ok_or_else(|| AppError::invalid("to is missing or invalid"))?;
+    let to = id_field("to", &p.to)?;
     let message = clean_text("message", &p.message)?;
     let id = new_id().map_err(|e| AppError::internal("making a message id", e))?;
     let payload = json!({

@@ -147,6 +147,13 @@ impl ClientEvent {
     }
 }
 
+/// An id (user, project, task, comment) from a payload field: a string or an integer of
+/// the id alphabet, else `INVALID_PAYLOAD` naming the field.
+pub fn id_field(field: &str, v: &Json) -> Result<crate::rooms::Id, AppError> {
+    crate::rooms::Id::from_json(v)
+        .ok_or_else(|| AppError::invalid(format!("{field} is missing or invalid")))
+}
+
 /// Longest user text (comments, direct messages), in code points after trimming.
 pub const MAX_TEXT: usize = 10_000;
 

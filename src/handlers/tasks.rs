@@ -6,17 +6,13 @@ use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::Cx;
+use super::{Cx, id_field};
 use crate::{
     cluster,
     error::AppError,
-    rooms::{Id, Room},
+    rooms::Room,
     time::{iso, iso_now},
 };
-
-fn id_field(field: &str, v: &Json) -> Result<Id, AppError> {
-    Id::from_json(v).ok_or_else(|| AppError::invalid(format!("{field} is missing or invalid")))
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
