@@ -8,13 +8,9 @@ import {
   connectAs,
   emitAck,
   flush,
-  openSocket,
   record,
-  signToken,
-  startServer,
   uniq,
   waitFor,
-  whenConnected,
   connectRecording,
   serverPool,
 } from './helpers.mjs';

@@ -2,7 +2,16 @@
 // user_joined / user_left, ROOM_FULL, the rooms-per-socket cap, error acks and `error` events.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { assertErrorAck, connect, connectAs, emitAck, flush, record, startServer, waitFor, serverPool } from './helpers.mjs';
+import {
+  assertErrorAck,
+  connect,
+  connectAs,
+  emitAck,
+  flush,
+  record,
+  waitFor,
+  serverPool,
+} from './helpers.mjs';
 
 const { start } = serverPool(after);
 

@@ -2,7 +2,19 @@
 // user_activity in project:{p}:activity, time_tracking_updated in task:{t}:time.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor, join, assertRecentIso, serverPool } from './helpers.mjs';
+import {
+  ISO_UTC,
+  assertErrorAck,
+  connectAs,
+  emitAck,
+  flush,
+  record,
+  uniq,
+  waitFor,
+  join,
+  assertRecentIso,
+  serverPool,
+} from './helpers.mjs';
 
 const { start } = serverPool(after);
 

@@ -2,7 +2,18 @@
 // indicators, the relay throttle, typing_stopped on stop / timeout / comment / disconnect.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ISO_UTC, assertErrorAck, connectAs, emitAck, flush, record, startServer, uniq, waitFor, join, serverPool } from './helpers.mjs';
+import {
+  ISO_UTC,
+  assertErrorAck,
+  connectAs,
+  emitAck,
+  flush,
+  record,
+  uniq,
+  waitFor,
+  join,
+  serverPool,
+} from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
 const { start } = serverPool(after);

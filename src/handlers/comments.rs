@@ -147,6 +147,17 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
     Ok(json!({ "comment": body }))
 }
 
+/// The comment `id`, or `NOT_FOUND`.
+async fn find_comment<A: Adapter>(cx: &Cx<'_, A>, id: &Id) -> Result<Comment, AppError> {
+    cx.app
+        .state
+        .store
+        .get_comment(id.as_str())
+        .await
+        .map_err(|e| AppError::internal("reading a comment", e))?
+        .ok_or_else(|| AppError::new(Code::NotFound, "Comment not found"))
+}
+
 #[derive(Deserialize)]
 struct EditPayload {
     id: Json,
@@ -159,11 +170,7 @@ pub async fn edit_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resu
     let p: EditPayload = cx.payload(value)?;
     let id = id_field("id", &p.id)?;
     let store = &cx.app.state.store;
-    let existing = store
-        .get_comment(id.as_str())
-        .await
-        .map_err(|e| AppError::internal("reading a comment", e))?;
-    let existing = existing.ok_or_else(|| AppError::new(Code::NotFound, "Comment not found"))?;
+    let existing = find_comment(cx, &id).await?;
     if existing.author_id != cx.conn.user.id.as_str() {
         return Err(AppError::forbidden("Only the author may edit a comment"));
     }
@@ -196,11 +203,7 @@ pub async fn delete_comment<A: Adapter>(
     let id = id_field("id", &p.id)?;
     let user = &cx.conn.user;
     let store = &cx.app.state.store;
-    let existing = store
-        .get_comment(id.as_str())
-        .await
-        .map_err(|e| AppError::internal("reading a comment", e))?;
-    let existing = existing.ok_or_else(|| AppError::new(Code::NotFound, "Comment not found"))?;
+    let existing = find_comment(cx, &id).await?;
     if existing.author_id != user.id.as_str() && !user.admin {
         return Err(AppError::forbidden(
             "Only the author or an admin may delete a comment",
