@@ -134,6 +134,11 @@ pub struct Config {
     #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 5_000)]
     pub typing_timeout_ms: u64,
 
+    /// A user whose last socket is gone becomes `offline` after this many milliseconds,
+    /// unless a socket of theirs connects again first (a page reload shows nothing).
+    #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 5_000)]
+    pub presence_grace_ms: u64,
+
     /// How long direct messages and mentions wait for an offline user, in milliseconds.
     #[arg(long, env = "OFFLINE_TTL_MS", default_value_t = 86_400_000)]
     pub offline_ttl_ms: u64,

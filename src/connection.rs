@@ -13,7 +13,7 @@ use std::{
 };
 
 use axum::extract::ConnectInfo;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, future::BoxFuture};
 use serde_json::Value as Json;
 use socketioxide::{
     adapter::Adapter,
@@ -43,6 +43,8 @@ pub struct Conn {
     pub joined: Mutex<Vec<Room>>,
     /// Rooms this socket is typing in.
     pub typing: handlers::typing::Typing,
+    /// The socket's presence registration (none for anonymous users).
+    pub presence: Option<handlers::presence::Lease>,
     limiter: EventLimiter,
     inbox: Mutex<Inbox>,
     _slot: ConnSlot,
@@ -119,16 +121,24 @@ impl std::fmt::Display for Refused {
 }
 
 /// The connect middleware: capacity, per-address cap, token, then the connection's
-/// rooms and handlers, all before the CONNECT ack.
+/// rooms, handlers and presence, all before the CONNECT ack.
 pub fn admit<A: Adapter>(
     app: App<A>,
-) -> impl Fn(SocketRef<A>, TryData<Json>) -> futures_util::future::Ready<Result<(), Refused>>
+) -> impl Fn(SocketRef<A>, TryData<Json>) -> BoxFuture<'static, Result<(), Refused>>
 + Clone
 + Send
 + Sync
 + 'static {
     move |socket: SocketRef<A>, TryData(auth): TryData<Json>| {
-        futures_util::future::ready(admit_socket(&app, &socket, auth.ok().as_ref()))
+        let app = app.clone();
+        async move {
+            let conn = admit_socket(&app, &socket, auth.ok().as_ref())?;
+            if let Some(lease) = &conn.presence {
+                handlers::presence::connected(&app, &conn.user, lease).await;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 }
 
@@ -136,7 +146,7 @@ fn admit_socket<A: Adapter>(
     app: &App<A>,
     socket: &SocketRef<A>,
     auth: Option<&Json>,
-) -> Result<(), Refused> {
+) -> Result<Arc<Conn>, Refused> {
     let state = &app.state;
     let cfg = &state.config;
     if state.is_shutting_down() {
@@ -176,15 +186,19 @@ fn admit_socket<A: Adapter>(
         }]),
         running: true,
     };
+    let presence = (!user.anonymous).then(|| {
+        handlers::presence::Lease::new(state.presence.clone(), user.id.clone(), socket.id)
+    });
     let conn = Arc::new(Conn {
         user,
         joined: Mutex::new(Vec::new()),
         typing: Default::default(),
+        presence,
         limiter: EventLimiter::new(cfg.rate_limit_per_minute, cfg.rate_limit_disconnect_after),
         inbox: Mutex::new(inbox),
         _slot: slot,
     });
-    socket.extensions.insert(conn);
+    socket.extensions.insert(conn.clone());
     socket.join(rooms);
     socket.on_fallback(Dispatcher { app: app.clone() });
     let on_gone = app.clone();
@@ -192,7 +206,7 @@ fn admit_socket<A: Adapter>(
         let app = on_gone.clone();
         async move { on_disconnect(app, socket, reason).await }
     });
-    Ok(())
+    Ok(conn)
 }
 
 /// The socket itself, for the connect and disconnect handlers (socketioxide's
@@ -242,6 +256,9 @@ async fn on_disconnect<A: Adapter>(
     let socket_ref = SocketRef::from(socket.clone());
     for room in conn.joined_rooms() {
         handlers::rooms::announce_left(&app.state, &socket_ref, &conn.user, &room).await;
+    }
+    if let Some(lease) = &conn.presence {
+        handlers::presence::disconnected(lease).await;
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`config`]: the one clap struct, every setting with its environment name.
 //! - [`server`]: the router with the Socket.IO layer, [`server::serve`] with its graceful
 //!   stop, and the shared [`server::AppState`].
-//! - [`cluster`]: the Redis adapter (`REDIS_URL`) and the Redis readiness check.
+//! - [`cluster`]: the Redis adapter (`REDIS_URL`), the Redis readiness check, and the
+//!   presence registry ([`cluster::presence`]: in memory, or in Redis).
 //! - [`connection`]: a socket's life: admission in the connect middleware (caps, token,
 //!   auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.

@@ -93,6 +93,10 @@ impl Metrics {
             "Sockets disconnected for flooding",
         );
         describe("trestle_api_emit_total", "Accepted POST /api/emit requests");
+        describe(
+            "trestle_presence_changes_total",
+            "status_change announcements sent by this instance, by status",
+        );
         describe("trestle_uptime_seconds", "Seconds since the server started");
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
@@ -108,7 +112,7 @@ impl Metrics {
             .collect();
         // Labelled counters are registered with every label value up front, so that
         // dashboards and alerts see zeros rather than missing series.
-        let labelled: [(&'static str, &'static str, &[&'static str]); 4] = [
+        let labelled: [(&'static str, &'static str, &[&'static str]); 5] = [
             ("trestle_disconnects_total", "reason", DISCONNECT_REASONS),
             (
                 "trestle_connections_refused_total",
@@ -121,6 +125,11 @@ impl Metrics {
                 &["missing", "invalid", "expired"],
             ),
             ("trestle_event_errors_total", "code", Code::ALL_STR),
+            (
+                "trestle_presence_changes_total",
+                "status",
+                &["online", "away", "offline"],
+            ),
         ];
         for (name, label, values) in labelled {
             for value in values {
@@ -207,6 +216,11 @@ impl Metrics {
                 &METADATA,
             )
             .increment(1);
+    }
+
+    /// This instance announced a user's new `status`.
+    pub fn presence_change(&self, status: &'static str) {
+        self.count("trestle_presence_changes_total", "status", status);
     }
 
     /// `POST /api/emit` accepted a request.

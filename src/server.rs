@@ -30,7 +30,10 @@ use tower_http::{
 
 use crate::{
     auth::Verifier,
-    cluster::{self, RedisHealth},
+    cluster::{
+        self, RedisHealth,
+        presence::{self, Registry},
+    },
     config::Config,
     connection,
     handlers::metrics::MetricsFeed,
@@ -56,6 +59,8 @@ pub struct AppState {
     pub redis: Option<RedisHealth>,
     /// Durable data: SQLite or PostgreSQL.
     pub store: Store,
+    /// Who is online: in memory, or shared through Redis with `REDIS_URL`.
+    pub presence: Arc<Registry>,
     /// Throttle of `typing_comment` relays per user and room.
     pub typing: crate::handlers::typing::Throttle,
     /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
@@ -75,6 +80,9 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             redis: None,
             store,
+            presence: Arc::new(Registry::memory(Duration::from_millis(
+                config.presence_grace_ms,
+            ))),
             typing: Default::default(),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
@@ -185,6 +193,9 @@ fn cors(cfg: &Config) -> CorsLayer {
     }
 }
 
+/// Where the presence registry keeps its keys in Redis.
+const PRESENCE_PREFIX: &str = "trestle:presence:";
+
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = SocketAddr::new(config.host, config.port);
@@ -225,6 +236,9 @@ pub async fn serve(
         Some(url) => {
             let (adapter, health) = cluster::connect(&url).await?;
             state.redis = Some(health);
+            let grace = Duration::from_millis(state.config.presence_grace_ms);
+            let client = presence::redis_client(&url).await?;
+            state.presence = Arc::new(Registry::redis(client, PRESENCE_PREFIX, grace).await?);
             let builder = SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter);
             let (router, app) = app(Arc::new(state), builder);
             app.io
@@ -246,6 +260,7 @@ async fn serve_app<A: Adapter>(
     tracing::info!(addr = %local, cluster = app.state.redis.is_some(), "listening");
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
     let purger = tokio::spawn(purge_expired_every(app.state.clone()));
+    let housekeeper = tokio::spawn(crate::handlers::presence::run(app.clone()));
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
         let app = app.clone();
@@ -277,6 +292,14 @@ async fn serve_app<A: Adapter>(
     };
     ticker.abort();
     purger.abort();
+    housekeeper.abort();
+    // Users of this instance get the usual grace period to reconnect elsewhere.
+    if let Err(e) = app.state.presence.release(presence::now_ms()).await {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not hand this instance's users over to the grace period"
+        );
+    }
     app.state.store.close().await;
     tracing::info!("stopped");
     result

@@ -27,9 +27,29 @@ use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr, drivers::fred::Fre
 
 use crate::server::AppState;
 
+pub mod presence;
+
 /// How long a cross-instance request (room counts, socket lookups) or a Redis command may
 /// take before it fails, so that a missing instance or Redis cannot make a client wait long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client builder for `url` with the settings every Trestle connection uses: RESP3,
+/// reconnects forever every 500 ms, commands failing after [`REQUEST_TIMEOUT`].
+fn builder(url: &str) -> anyhow::Result<Builder> {
+    let mut config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
+    // fred does not read the protocol from the URL; the adapter's driver needs RESP3.
+    config.version = RespVersion::RESP3;
+    config.fail_fast = true;
+    let mut builder = Builder::from_config(config);
+    // Reconnect forever, every 500 ms: an outage of any length ends by itself.
+    builder.set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
+    builder.with_performance_config(|p| p.default_command_timeout = REQUEST_TIMEOUT);
+    builder.with_connection_config(|c| {
+        c.connection_timeout = REQUEST_TIMEOUT;
+        c.internal_command_timeout = REQUEST_TIMEOUT;
+    });
+    Ok(builder)
+}
 
 /// Delay between reconnect attempts while Redis is away.
 const RECONNECT_DELAY_MS: u32 = 500;
@@ -62,18 +82,7 @@ impl RedisHealth {
 /// Connects to Redis and builds the adapter constructor. Fails when Redis cannot be
 /// reached at start-up (a configuration error is better found at once).
 pub async fn connect(url: &str) -> anyhow::Result<(RedisAdapterCtr<FredDriver>, RedisHealth)> {
-    let mut config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
-    // fred does not read the protocol from the URL; the adapter's driver needs RESP3.
-    config.version = RespVersion::RESP3;
-    config.fail_fast = true;
-    let mut builder = Builder::from_config(config);
-    // Reconnect forever, every 500 ms: an outage of any length ends by itself.
-    builder.set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
-    builder.with_performance_config(|p| p.default_command_timeout = REQUEST_TIMEOUT);
-    builder.with_connection_config(|c| {
-        c.connection_timeout = REQUEST_TIMEOUT;
-        c.internal_command_timeout = REQUEST_TIMEOUT;
-    });
+    let builder = builder(url)?;
     let client = builder
         .build_subscriber_client()
         .context("cannot build the Redis client")?;

@@ -7,6 +7,7 @@
 pub mod comments;
 pub mod messages;
 pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod tasks;
 pub mod typing;
@@ -94,11 +95,17 @@ pub enum ClientEvent {
     TimeTracking,
     /// `direct_message`
     DirectMessage,
+    /// `set_status`
+    SetStatus,
+    /// `user_active`
+    UserActive,
+    /// `get_presence`
+    GetPresence,
 }
 
 impl ClientEvent {
     /// Every event, in declaration order (the discriminant is the index).
-    pub const ALL: [ClientEvent; 14] = [
+    pub const ALL: [ClientEvent; 17] = [
         ClientEvent::JoinRoom,
         ClientEvent::LeaveRoom,
         ClientEvent::BroadcastRoom,
@@ -113,6 +120,9 @@ impl ClientEvent {
         ClientEvent::TaskUpdate,
         ClientEvent::TimeTracking,
         ClientEvent::DirectMessage,
+        ClientEvent::SetStatus,
+        ClientEvent::UserActive,
+        ClientEvent::GetPresence,
     ];
 
     /// The event name on the wire.
@@ -132,6 +142,9 @@ impl ClientEvent {
             ClientEvent::TaskUpdate => "task_update",
             ClientEvent::TimeTracking => "time_tracking",
             ClientEvent::DirectMessage => "direct_message",
+            ClientEvent::SetStatus => "set_status",
+            ClientEvent::UserActive => "user_active",
+            ClientEvent::GetPresence => "get_presence",
         }
     }
 
@@ -294,5 +307,8 @@ pub async fn handle<A: Adapter>(
         ClientEvent::TaskUpdate => tasks::task_update(&cx, value).await,
         ClientEvent::TimeTracking => tasks::time_tracking(&cx, value).await,
         ClientEvent::DirectMessage => messages::direct_message(&cx, value).await,
+        ClientEvent::SetStatus => presence::set_status(&cx, value).await,
+        ClientEvent::UserActive => presence::user_active(&cx, value).await,
+        ClientEvent::GetPresence => presence::get_presence(&cx, value).await,
     }
 }

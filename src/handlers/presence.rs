@@ -1,0 +1,384 @@
+//! Presence: `set_status`, `user_active`, `get_presence`, the `status_change`
+//! announcements, and the background work that keeps the registry right (offline after
+//! the grace period, heartbeats, reaping crashed instances, resync after an outage).
+//!
+//! The registry ([`crate::cluster::presence::Registry`]) decides every transition
+//! atomically; whoever it tells "this changed" (the connecting instance, the `set_status`
+//! handler, the one tick that claimed a user) sends the one `status_change`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+use socketioxide::{adapter::Adapter, socket::Sid};
+use socketioxide_core::Value;
+
+use super::{Cx, id_field};
+use crate::{
+    auth::User,
+    cluster::{
+        self,
+        presence::{Registry, Status, now_ms},
+    },
+    error::{AppError, Code},
+    rooms::{Id, Room},
+    server::App,
+    store::from_epoch_ms,
+    time::{iso, iso_now},
+};
+
+/// Most users one `get_presence` may ask about.
+pub const MAX_PRESENCE_QUERY: usize = 200;
+/// Longest `user_active` activity, in characters.
+pub const MAX_ACTIVITY: usize = 200;
+/// How often grace periods are checked: an offline change goes out at most this late.
+const TICK: Duration = Duration::from_millis(250);
+/// A full resync even without a sign of trouble, in case a change was lost.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// The rooms a user's status changes go to besides `presence:{user}`: their projects and
+/// teams.
+fn targets(user: &User) -> Vec<String> {
+    user.projects
+        .iter()
+        .cloned()
+        .map(Room::Project)
+        .chain(user.teams.iter().cloned().map(Room::Team))
+        .map(|r| r.to_string())
+        .collect()
+}
+
+/// Sends `status_change` to `presence:{user}` and `targets`, once per socket.
+async fn announce<A: Adapter>(
+    app: &App<A>,
+    user: &str,
+    status: Status,
+    last_seen: i64,
+    targets: &[String],
+) {
+    let mut rooms = Vec::with_capacity(targets.len() + 1);
+    rooms.push(Room::Presence(Id::from_trusted(user)).to_string());
+    rooms.extend(targets.iter().cloned());
+    let body = json!({
+        "userId": user,
+        "status": status.as_str(),
+        "lastSeen": iso(from_epoch_ms(last_seen)),
+    });
+    app.state.metrics.presence_change(status.as_str());
+    if let Err(e) = cluster::emit(
+        &app.state,
+        || app.io.to(rooms.clone()),
+        "status_change",
+        &body,
+    )
+    .await
+    {
+        tracing::warn!(user, error = %e, "could not announce a status change");
+    }
+}
+
+/// A socket's registration in the presence registry. Dropping a lease that was not
+/// released unregisters the socket: the fallback for a socket that never gets its
+/// disconnect handler (one that goes away before its CONNECT ack is sent).
+pub struct Lease {
+    registry: Arc<Registry>,
+    user: Id,
+    sid: Sid,
+    held: AtomicBool,
+}
+
+impl Lease {
+    /// A lease for `user`'s socket `sid`, not yet registered.
+    pub fn new(registry: Arc<Registry>, user: Id, sid: Sid) -> Lease {
+        Lease {
+            registry,
+            user,
+            sid,
+            held: AtomicBool::new(false),
+        }
+    }
+
+    /// Unregisters the socket (once, however often it is called).
+    async fn release(&self) {
+        if self.held.swap(false, Ordering::AcqRel)
+            && let Err(e) = self
+                .registry
+                .disconnect(self.user.as_str(), &self.sid.to_string(), now_ms())
+                .await
+        {
+            // The next resync removes it once Redis answers again.
+            tracing::warn!(user = %self.user, error = format!("{e:#}"), "could not unregister a socket from presence");
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !*self.held.get_mut() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (registry, user, sid) = (self.registry.clone(), self.user.clone(), self.sid);
+            rt.spawn(async move {
+                if let Err(e) = registry.disconnect(user.as_str(), &sid.to_string(), now_ms()).await {
+                    tracing::warn!(user = %user, error = format!("{e:#}"), "could not unregister a socket from presence");
+                }
+            });
+        }
+    }
+}
+
+/// Registers a new socket (in the connect middleware, before the CONNECT ack) and
+/// announces `online` when it is the user's first anywhere. A registry failure is logged
+/// and the connection goes ahead: local users keep working while Redis is away, and the
+/// resync after its return registers the socket.
+pub async fn connected<A: Adapter>(app: &App<A>, user: &User, lease: &Lease) {
+    let targets = targets(user);
+    lease.held.store(true, Ordering::Release);
+    let now = now_ms();
+    match app
+        .state
+        .presence
+        .connect(user.id.as_str(), &lease.sid.to_string(), &targets, now)
+        .await
+    {
+        Ok(true) => announce(app, user.id.as_str(), Status::Online, now, &targets).await,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(user = %user.id, error = format!("{e:#}"), "could not register a socket for presence")
+        }
+    }
+}
+
+/// Unregisters a socket that disconnected; the user goes offline after the grace period
+/// unless another socket of theirs is connected by then.
+pub async fn disconnected(lease: &Lease) {
+    lease.release().await;
+}
+
+#[derive(Deserialize)]
+struct SetStatusPayload {
+    status: Json,
+}
+
+/// `set_status { status }`: `online` or `away` → ack `{ status }`; a change is announced.
+pub async fn set_status<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let p: SetStatusPayload = cx.payload(value)?;
+    let status = match p.status.as_str() {
+        Some("online") => Status::Online,
+        Some("away") => Status::Away,
+        _ => return Err(AppError::invalid("status must be \"online\" or \"away\"")),
+    };
+    let user = &cx.conn.user;
+    if user.anonymous {
+        return Err(AppError::forbidden("Anonymous users have no presence"));
+    }
+    let now = now_ms();
+    let changed = cx
+        .app
+        .state
+        .presence
+        .set_status(user.id.as_str(), status, now)
+        .await
+        .map_err(|e| AppError::internal("setting a status", format!("{e:#}")))?;
+    if changed {
+        announce(cx.app, user.id.as_str(), status, now, &targets(user)).await;
+    }
+    Ok(json!({ "status": status.as_str() }))
+}
+
+#[derive(Deserialize)]
+struct UserActivePayload {
+    location: Json,
+    activity: Json,
+}
+
+/// `user_active { location, activity }`: the location room (a room the user may join)
+/// gets `user_active`; the registry keeps it as the user's last location.
+pub async fn user_active<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let p: UserActivePayload = cx.payload(value)?;
+    let Some(location) = p.location.as_str() else {
+        return Err(AppError::invalid("location must be a room name"));
+    };
+    let Some(activity) = p.activity.as_str() else {
+        return Err(AppError::invalid("activity must be a string"));
+    };
+    if activity.chars().count() > MAX_ACTIVITY {
+        return Err(AppError::invalid(format!(
+            "activity is longer than {MAX_ACTIVITY} characters"
+        )));
+    }
+    let room: Room = location
+        .parse()
+        .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))?;
+    let user = &cx.conn.user;
+    if !room.granted_by_claims(user) {
+        return Err(AppError::forbidden("Not allowed in this room"));
+    }
+    let location = room.to_string();
+    let state = &cx.app.state;
+    if !user.anonymous
+        && let Err(e) = state
+            .presence
+            .set_location(user.id.as_str(), &location)
+            .await
+    {
+        tracing::warn!(user = %user.id, error = format!("{e:#}"), "could not record a location");
+    }
+    let body = json!({
+        "userId": user.id,
+        "location": location,
+        "activity": activity,
+        "timestamp": iso_now(),
+    });
+    cluster::emit(
+        state,
+        || cx.app.io.to(location.clone()),
+        "user_active",
+        &body,
+    )
+    .await
+    .map_err(|e| AppError::internal("relaying user_active", e))?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetPresencePayload {
+    user_ids: Json,
+}
+
+/// `get_presence { userIds }` (at most 200) → `{ presence: { [id]: { status, lastSeen } } }`
+/// from the registry. An entry also has `location` (the user's last `user_active` room)
+/// when the asker may join that room.
+pub async fn get_presence<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
+    let p: GetPresencePayload = cx.payload(value)?;
+    let Some(ids) = p.user_ids.as_array() else {
+        return Err(AppError::invalid("userIds must be an array"));
+    };
+    if ids.len() > MAX_PRESENCE_QUERY {
+        return Err(AppError::invalid(format!(
+            "userIds has more than {MAX_PRESENCE_QUERY} ids"
+        )));
+    }
+    let mut users: Vec<String> = Vec::with_capacity(ids.len());
+    for v in ids {
+        let id = id_field("userIds", v)?.to_string();
+        if !users.contains(&id) {
+            users.push(id);
+        }
+    }
+    let seen = cx
+        .app
+        .state
+        .presence
+        .get(&users)
+        .await
+        .map_err(|e| AppError::internal("reading presence", format!("{e:#}")))?;
+    let asker = &cx.conn.user;
+    let mut out = Map::with_capacity(users.len());
+    for (id, s) in users.into_iter().zip(seen) {
+        let mut entry = Map::new();
+        entry.insert("status".into(), s.status.as_str().into());
+        entry.insert(
+            "lastSeen".into(),
+            s.last_seen
+                .map_or(Json::Null, |ms| iso(from_epoch_ms(ms)).into()),
+        );
+        if let Some(loc) = s.location
+            && loc
+                .parse::<Room>()
+                .is_ok_and(|r| r.granted_by_claims(asker))
+        {
+            entry.insert("location".into(), loc.into());
+        }
+        out.insert(id, Json::Object(entry));
+    }
+    Ok(json!({ "presence": out }))
+}
+
+/// The presence housekeeping of one instance, until the server stops: offline changes
+/// after the grace period, and with Redis the heartbeat, reaping of crashed instances and
+/// the resync after an outage.
+pub async fn run<A: Adapter>(app: App<A>) {
+    let registry = app.state.presence.clone();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let needs_resync = Arc::new(AtomicBool::new(false));
+    if let Some(client) = registry.redis_client() {
+        let mut reconnects = cluster::presence::reconnects(client);
+        let flag = needs_resync.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            while !matches!(reconnects.recv().await, Err(RecvError::Closed)) {
+                flag.store(true, Ordering::Release);
+            }
+        });
+    }
+    let beats_per_resync =
+        (RESYNC_EVERY.as_millis() / cluster::presence::HEARTBEAT.as_millis()) as u32;
+    let ticks_per_beat = (cluster::presence::HEARTBEAT.as_millis() / TICK.as_millis()) as u32;
+    let mut ticks = 0u32;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        ticks = ticks.wrapping_add(1);
+        let now = now_ms();
+        let result = async {
+            if registry.is_shared() && ticks.is_multiple_of(ticks_per_beat) {
+                if !registry.heartbeat(now).await? {
+                    tracing::warn!(
+                        "presence registry had lost this instance; registering its sockets again"
+                    );
+                    needs_resync.store(true, Ordering::Release);
+                }
+                registry.reap(now).await?;
+                if (ticks / ticks_per_beat).is_multiple_of(beats_per_resync) {
+                    needs_resync.store(true, Ordering::Release);
+                }
+            }
+            if needs_resync.swap(false, Ordering::AcqRel) {
+                let resynced = registry.resync(now).await;
+                if resynced.is_err() {
+                    needs_resync.store(true, Ordering::Release);
+                }
+                for (user, targets) in resynced? {
+                    announce(&app, &user, Status::Online, now, &targets).await;
+                }
+            }
+            for gone in registry.claim_due(now).await? {
+                announce(
+                    &app,
+                    &gone.user,
+                    Status::Offline,
+                    gone.last_seen,
+                    &gone.targets,
+                )
+                .await;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        // One line when presence housekeeping starts and stops failing, not one per tick.
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("presence housekeeping works again");
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "presence housekeeping failed; retrying"
+                );
+            }
+            _ => {}
+        }
+    }
+}
