@@ -139,6 +139,40 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 5_000)]
     pub presence_grace_ms: u64,
 
+    /// Folder for documents (default: `documents` under `DATA_DIR`). Several instances
+    /// must share it, or use `DOCUMENTS_URL`.
+    #[arg(long, env = "DOCUMENTS_DIR")]
+    pub documents_dir: Option<PathBuf>,
+
+    /// Object store URL for documents instead of a folder, such as `s3://bucket/prefix`
+    /// (credentials from the usual `AWS_*` variables).
+    #[arg(long, env = "DOCUMENTS_URL")]
+    pub documents_url: Option<String>,
+
+    /// Largest document, in bytes.
+    #[arg(long, env = "MAX_DOCUMENT_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_document_bytes: u64,
+
+    /// An upload that receives nothing for this many milliseconds is removed.
+    #[arg(long, env = "UPLOAD_TTL_MS", default_value_t = 3_600_000)]
+    pub upload_ttl_ms: u64,
+
+    /// Uploads one user may have in progress at once.
+    #[arg(long, env = "MAX_UPLOADS_PER_USER", default_value_t = 3)]
+    pub max_uploads_per_user: u32,
+
+    /// Document streams one socket may run at once.
+    #[arg(long, env = "MAX_STREAMS_PER_SOCKET", default_value_t = 3)]
+    pub max_streams_per_socket: u32,
+
+    /// Streamed chunks that may wait for the client's ack at once.
+    #[arg(long, env = "STREAM_WINDOW", default_value_t = 4)]
+    pub stream_window: u32,
+
+    /// A stream whose client acknowledges nothing for this many milliseconds ends.
+    #[arg(long, env = "STREAM_ACK_TIMEOUT_MS", default_value_t = 30_000)]
+    pub stream_ack_timeout_ms: u64,
+
     /// How long direct messages and mentions wait for an offline user, in milliseconds.
     #[arg(long, env = "OFFLINE_TTL_MS", default_value_t = 86_400_000)]
     pub offline_ttl_ms: u64,
@@ -179,6 +213,8 @@ impl Config {
             std::env::temp_dir().join(format!("trestle-test-{}-{n}", std::process::id()));
         cfg.database_url = None;
         cfg.redis_url = None;
+        cfg.documents_dir = None;
+        cfg.documents_url = None;
         cfg
     }
 
@@ -187,6 +223,20 @@ impl Config {
         match &self.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => crate::store::default_database_url(&self.data_dir),
+        }
+    }
+
+    /// Where documents are kept: `DOCUMENTS_URL`, else `DOCUMENTS_DIR`, else
+    /// `DATA_DIR/documents`.
+    pub fn documents(&self) -> anyhow::Result<crate::store::Objects> {
+        match &self.documents_url {
+            Some(url) if !url.trim().is_empty() => crate::store::Objects::from_url(url),
+            _ => crate::store::Objects::local(
+                &self
+                    .documents_dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("documents")),
+            ),
         }
     }
 

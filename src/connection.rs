@@ -43,6 +43,8 @@ pub struct Conn {
     pub joined: Mutex<Vec<Room>>,
     /// Rooms this socket is typing in.
     pub typing: handlers::typing::Typing,
+    /// Document streams running on this socket.
+    pub streams: handlers::documents::Streams,
     /// The socket's presence registration (none for anonymous users).
     pub presence: Option<handlers::presence::Lease>,
     limiter: EventLimiter,
@@ -193,6 +195,7 @@ fn admit_socket<A: Adapter>(
         user,
         joined: Mutex::new(Vec::new()),
         typing: Default::default(),
+        streams: Default::default(),
         presence,
         limiter: EventLimiter::new(cfg.rate_limit_per_minute, cfg.rate_limit_disconnect_after),
         inbox: Mutex::new(inbox),
@@ -252,6 +255,7 @@ async fn on_disconnect<A: Adapter>(
     app.metrics_feed.unsubscribe(socket.id);
     let Some(conn) = conn_of(&socket) else { return };
     tracing::info!(sid = %socket.id, user = %conn.user.id, reason = label, "disconnected");
+    conn.streams.cancel_all();
     handlers::typing::stop_all(&app, &socket, &conn).await;
     let socket_ref = SocketRef::from(socket.clone());
     for room in conn.joined_rooms() {
@@ -352,11 +356,14 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
                 ))
                 .catch_unwind()
                 .await;
-                let result = handled.unwrap_or_else(|_| {
+                let (result, after) = handled.unwrap_or_else(|_| {
                     tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
-                    Err(AppError::new(Code::Internal, "Internal error"))
+                    (Err(AppError::new(Code::Internal, "Internal error")), None)
                 });
                 reply(&app, &socket, job.ack, result);
+                if let Some(start) = after {
+                    start();
+                }
             }
             Work::Refuse(e) => reply(&app, &socket, job.ack, Err(e)),
             Work::RefuseAndDisconnect(e) => {

@@ -40,7 +40,7 @@ use crate::{
     http,
     limits::ConnectionLimits,
     metrics::Metrics,
-    store::{Backend, Store},
+    store::{Backend, Objects, Store},
 };
 
 /// State shared by every connection and HTTP request of one server.
@@ -59,6 +59,10 @@ pub struct AppState {
     pub redis: Option<RedisHealth>,
     /// Durable data: SQLite or PostgreSQL.
     pub store: Store,
+    /// Document bytes: a folder or an object store.
+    pub objects: Objects,
+    /// Uploads and streams in progress on this instance.
+    pub documents: crate::handlers::documents::Documents,
     /// Who is online: in memory, or shared through Redis with `REDIS_URL`.
     pub presence: Arc<Registry>,
     /// Throttle of `typing_comment` relays per user and room.
@@ -73,6 +77,7 @@ impl AppState {
     /// Builds the state around an open store, refusing a configuration that cannot work.
     pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config)?;
+        let objects = config.documents()?;
         Ok(AppState {
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
             verifier,
@@ -80,6 +85,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             redis: None,
             store,
+            objects,
+            documents: Default::default(),
             presence: Arc::new(Registry::memory(Duration::from_millis(
                 config.presence_grace_ms,
             ))),
@@ -227,6 +234,7 @@ pub async fn serve(
     let store = Store::connect(&database_url).await?;
     tracing::info!(database = backend.as_str(), "store ready");
     let mut state = AppState::new(config, store)?;
+    tracing::info!(documents = state.objects.name(), "document storage ready");
     match state.config.redis_url.clone() {
         None => {
             let (router, app) = app::<LocalAdapter>(Arc::new(state), SocketIo::builder());
@@ -260,6 +268,7 @@ async fn serve_app<A: Adapter>(
     tracing::info!(addr = %local, cluster = app.state.redis.is_some(), "listening");
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
     let purger = tokio::spawn(purge_expired_every(app.state.clone()));
+    let sweeper = tokio::spawn(crate::handlers::documents::sweep_every(app.state.clone()));
     let housekeeper = tokio::spawn(crate::handlers::presence::run(app.clone()));
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
@@ -292,6 +301,7 @@ async fn serve_app<A: Adapter>(
     };
     ticker.abort();
     purger.abort();
+    sweeper.abort();
     housekeeper.abort();
     // Users of this instance get the usual grace period to reconnect elsewhere.
     if let Err(e) = app.state.presence.release(presence::now_ms()).await {

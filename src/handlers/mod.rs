@@ -5,6 +5,7 @@
 //! [`AppError`]; `connection` turns that into the contract's answer.
 
 pub mod comments;
+pub mod documents;
 pub mod messages;
 pub mod metrics;
 pub mod presence;
@@ -101,11 +102,27 @@ pub enum ClientEvent {
     UserActive,
     /// `get_presence`
     GetPresence,
+    /// `document_upload_start`
+    DocumentUploadStart,
+    /// `document_upload_chunk`
+    DocumentUploadChunk,
+    /// `document_upload_status`
+    DocumentUploadStatus,
+    /// `document_upload_complete`
+    DocumentUploadComplete,
+    /// `document_upload_abort`
+    DocumentUploadAbort,
+    /// `document_stream`
+    DocumentStream,
+    /// `document_stream_cancel`
+    DocumentStreamCancel,
+    /// `list_documents`
+    ListDocuments,
 }
 
 impl ClientEvent {
     /// Every event, in declaration order (the discriminant is the index).
-    pub const ALL: [ClientEvent; 17] = [
+    pub const ALL: [ClientEvent; 25] = [
         ClientEvent::JoinRoom,
         ClientEvent::LeaveRoom,
         ClientEvent::BroadcastRoom,
@@ -123,6 +140,14 @@ impl ClientEvent {
         ClientEvent::SetStatus,
         ClientEvent::UserActive,
         ClientEvent::GetPresence,
+        ClientEvent::DocumentUploadStart,
+        ClientEvent::DocumentUploadChunk,
+        ClientEvent::DocumentUploadStatus,
+        ClientEvent::DocumentUploadComplete,
+        ClientEvent::DocumentUploadAbort,
+        ClientEvent::DocumentStream,
+        ClientEvent::DocumentStreamCancel,
+        ClientEvent::ListDocuments,
     ];
 
     /// The event name on the wire.
@@ -145,6 +170,14 @@ impl ClientEvent {
             ClientEvent::SetStatus => "set_status",
             ClientEvent::UserActive => "user_active",
             ClientEvent::GetPresence => "get_presence",
+            ClientEvent::DocumentUploadStart => "document_upload_start",
+            ClientEvent::DocumentUploadChunk => "document_upload_chunk",
+            ClientEvent::DocumentUploadStatus => "document_upload_status",
+            ClientEvent::DocumentUploadComplete => "document_upload_complete",
+            ClientEvent::DocumentUploadAbort => "document_upload_abort",
+            ClientEvent::DocumentStream => "document_stream",
+            ClientEvent::DocumentStreamCancel => "document_stream_cancel",
+            ClientEvent::ListDocuments => "list_documents",
         }
     }
 
@@ -156,7 +189,10 @@ impl ClientEvent {
     /// Whether the event counts against the per-socket rate limit (typing indicators and
     /// upload chunks do not, by contract).
     pub fn is_rate_limited(self) -> bool {
-        !matches!(self, ClientEvent::TypingComment | ClientEvent::TypingStop)
+        !matches!(
+            self,
+            ClientEvent::TypingComment | ClientEvent::TypingStop | ClientEvent::DocumentUploadChunk
+        )
     }
 }
 
@@ -194,6 +230,19 @@ pub fn clean_text(field: &str, text: &str) -> Result<String, AppError> {
     Ok(clean.to_owned())
 }
 
+/// Work a handler leaves to be started once its ack has been sent (a stream's chunks
+/// must reach the client after the ack that announces them).
+pub type AfterReply = Box<dyn FnOnce() + Send>;
+
+/// Whether the event's arguments carry binary attachments.
+fn has_binary(value: &Value) -> bool {
+    match value {
+        Value::Str(_, Some(bins)) => !bins.is_empty(),
+        Value::Str(_, None) => false,
+        Value::Bytes(_) => true,
+    }
+}
+
 /// What a handler works with: the app, the socket and its connection state.
 pub struct Cx<'a, A: Adapter> {
     /// Shared state and the Socket.IO handle.
@@ -201,14 +250,19 @@ pub struct Cx<'a, A: Adapter> {
     /// The socket that sent the event.
     pub socket: SocketRef<A>,
     /// Its connection state.
-    pub conn: &'a Conn,
+    pub conn: &'a Arc<Conn>,
     raw: &'a Arc<Socket<A>>,
 }
 
 impl<A: Adapter> Cx<'_, A> {
     /// The first argument of the event as a typed payload; a wrong shape is
-    /// `INVALID_PAYLOAD` naming the field.
+    /// `INVALID_PAYLOAD` naming the field. Binary attachments are refused: only
+    /// `document_upload_chunk` takes binary data (see [`Cx::binary_payload`]), and decoding
+    /// bytes as JSON would cost many times their size.
     pub fn payload<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
+        if has_binary(value) {
+            return Err(AppError::invalid("This event does not take binary data"));
+        }
         let json: Json = self.first(value)?;
         if !json.is_object() {
             return Err(AppError::invalid("The payload must be an object"));
@@ -219,9 +273,25 @@ impl<A: Adapter> Cx<'_, A> {
         })
     }
 
+    /// The first argument as a payload that may hold binary attachments, decoded
+    /// straight into `T` (binary fields stay bytes).
+    pub fn binary_payload<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
+        match TryData::<T>::from_message_parts(self.raw, value, &None) {
+            Ok(TryData(Ok(v))) => Ok(v),
+            _ => Err(AppError::invalid(
+                "The payload must be an object with uploadId, index and binary data",
+            )),
+        }
+    }
+
     /// The socket itself.
     pub fn raw_socket(&self) -> &Arc<Socket<A>> {
         self.raw
+    }
+
+    /// The connection state, shared (for work that outlives the event).
+    pub fn conn_arc(&self) -> Arc<Conn> {
+        self.conn.clone()
     }
 
     /// The socket as a weak reference, for timers that must not keep it alive.
@@ -274,14 +344,15 @@ impl<'de> serde::Deserialize<'de> for Args {
     }
 }
 
-/// Routes one event to its handler.
+/// Routes one event to its handler; returns the answer and any work to start once it
+/// has been sent.
 pub async fn handle<A: Adapter>(
     app: &App<A>,
     socket: &Arc<Socket<A>>,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     event: ClientEvent,
     value: &mut Value,
-) -> Result<Json, AppError> {
+) -> (Result<Json, AppError>, Option<AfterReply>) {
     let socket_ref = match SocketRef::from_message_parts(socket, value, &None) {
         Ok(s) => s,
         Err(never) => match never {},
@@ -292,7 +363,13 @@ pub async fn handle<A: Adapter>(
         conn,
         raw: socket,
     };
-    match event {
+    if event == ClientEvent::DocumentStream {
+        return match documents::document_stream(&cx, value).await {
+            Ok((body, after)) => (Ok(body), after),
+            Err(e) => (Err(e), None),
+        };
+    }
+    let result = match event {
         ClientEvent::JoinRoom => rooms::join_room(&cx, value).await,
         ClientEvent::LeaveRoom => rooms::leave_room(&cx, value).await,
         ClientEvent::BroadcastRoom => rooms::broadcast_room(&cx, value).await,
@@ -310,5 +387,16 @@ pub async fn handle<A: Adapter>(
         ClientEvent::SetStatus => presence::set_status(&cx, value).await,
         ClientEvent::UserActive => presence::user_active(&cx, value).await,
         ClientEvent::GetPresence => presence::get_presence(&cx, value).await,
-    }
+        ClientEvent::DocumentUploadStart => documents::document_upload_start(&cx, value).await,
+        ClientEvent::DocumentUploadChunk => documents::document_upload_chunk(&cx, value).await,
+        ClientEvent::DocumentUploadStatus => documents::document_upload_status(&cx, value).await,
+        ClientEvent::DocumentUploadComplete => {
+            documents::document_upload_complete(&cx, value).await
+        }
+        ClientEvent::DocumentUploadAbort => documents::document_upload_abort(&cx, value).await,
+        ClientEvent::DocumentStream => unreachable!("handled above"),
+        ClientEvent::DocumentStreamCancel => documents::document_stream_cancel(&cx, value).await,
+        ClientEvent::ListDocuments => documents::list_documents(&cx, value).await,
+    };
+    (result, None)
 }

@@ -30,7 +30,8 @@ async fn health() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// 200 when every dependency answers (Redis when configured, the database); 503 naming
+/// 200 when every dependency answers (Redis when configured, the database, the document
+/// storage); 503 naming
 /// what failed (or `shutting_down`).
 async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     let mut failed = Vec::new();
@@ -45,6 +46,10 @@ async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     if let Err(e) = app.state.store.ping().await {
         tracing::warn!(error = %e, "database check failed");
         failed.push("database");
+    }
+    if let Err(e) = app.state.objects.ping().await {
+        tracing::warn!(error = format!("{e:#}"), "document storage check failed");
+        failed.push("documents");
     }
     if failed.is_empty() {
         (StatusCode::OK, Json(json!({ "status": "ready" })))

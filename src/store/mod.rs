@@ -1,4 +1,5 @@
-//! The durable store: comments and the offline message queue, in SQLite or PostgreSQL.
+//! The durable store: comments, the offline message queue, document metadata and uploads
+//! in SQLite or PostgreSQL; document bytes in an object store ([`Objects`]).
 //!
 //! One [`Store`] per server, chosen by its URL: `sqlite:` for a single instance (the
 //! default, a file under the data directory), `postgres://` when several instances share
@@ -13,7 +14,9 @@
 //! ([`new_id`]). Errors name the operation that failed, never the data it carried.
 
 mod comments;
+mod documents;
 mod id;
+mod objects;
 mod offline;
 mod sqlite;
 
@@ -24,7 +27,9 @@ use sqlx::{AnyPool, any::AnyPoolOptions, migrate::Migrator};
 use time::OffsetDateTime;
 
 pub use comments::{Comment, NewComment};
+pub use documents::{Document, Upload};
 pub use id::new_id;
+pub use objects::Objects;
 pub use offline::{OFFLINE_CAP, OfflineMessage};
 
 /// How long [`Store::ping`] waits for the database before calling it unavailable.
