@@ -34,6 +34,9 @@ use crate::{
 
 /// Events a socket may have waiting to be handled; past this they are refused.
 const MAX_PENDING_EVENTS: usize = 256;
+/// Bytes of event payloads a socket may have waiting (upload chunks are not rate-limited,
+/// so without this one client could park 256 messages of 1 MB each).
+const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the server keeps for one connected socket (in its extensions).
 pub struct Conn {
@@ -55,13 +58,24 @@ pub struct Conn {
 #[derive(Default)]
 struct Inbox {
     queue: VecDeque<Job>,
+    /// Payload bytes held by `queue`.
+    bytes: usize,
     running: bool,
+}
+
+/// The size of an event's payload: its text and binary attachments.
+fn payload_bytes(value: &Value) -> usize {
+    match value {
+        Value::Str(s, bins) => s.len() + bins.iter().flatten().map(|b| b.len()).sum::<usize>(),
+        Value::Bytes(b) => b.len(),
+    }
 }
 
 /// One event waiting in a socket's inbox, with the ack id the client gave it.
 struct Job {
     work: Work,
     ack: Option<i64>,
+    bytes: usize,
 }
 
 /// What to do for an event. Refusals decided on arrival (unknown name, rate limit) wait
@@ -185,7 +199,9 @@ fn admit_socket<A: Adapter>(
         queue: VecDeque::from([Job {
             work: Work::DeliverOffline,
             ack: None,
+            bytes: 0,
         }]),
+        bytes: 0,
         running: true,
     };
     let presence = (!user.anonymous).then(|| {
@@ -314,16 +330,23 @@ impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
             },
             Some(event) => Work::Handle(event, value),
         };
+        let bytes = match &work {
+            Work::Handle(_, value) => payload_bytes(value),
+            _ => 0,
+        };
         let start = {
             let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
-            if inbox.queue.len() >= MAX_PENDING_EVENTS {
+            if inbox.queue.len() >= MAX_PENDING_EVENTS
+                || (!inbox.queue.is_empty() && inbox.bytes + bytes > MAX_PENDING_BYTES)
+            {
                 drop(inbox);
                 state.metrics.rate_limited();
                 let e = AppError::new(Code::RateLimited, "Too many events waiting");
                 reply(&self.app, &s, ack, Err(e));
                 return;
             }
-            inbox.queue.push_back(Job { work, ack });
+            inbox.bytes += bytes;
+            inbox.queue.push_back(Job { work, ack, bytes });
             !std::mem::replace(&mut inbox.running, true)
         };
         if start {
@@ -338,7 +361,10 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
         let job = {
             let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
             match inbox.queue.pop_front() {
-                Some(job) => job,
+                Some(job) => {
+                    inbox.bytes -= job.bytes;
+                    job
+                }
                 None => {
                     inbox.running = false;
                     return;

@@ -862,6 +862,27 @@ describe('upload rules', () => {
   });
 });
 
+// Trestle refuses binary data everywhere but in upload chunks (the reference decodes it).
+describe('binary data outside upload chunks', () => {
+  test('join_room, broadcast_room, new_comment and document_upload_start with a Buffer are INVALID_PAYLOAD; the socket keeps working', async () => {
+    const server = await main();
+    const p = uniq('p');
+    const s = await connectAs(server, { userId: uniq('u'), projects: [p], permissions: ['room_broadcast'] });
+    const blob = crypto.randomBytes(4096);
+    const bystander = await connectAs(server, { userId: uniq('b'), projects: [p] });
+    const relayed = record(bystander, 'binary_relay');
+    assertErrorAck(await emitAck(s, 'join_room', blob), 'INVALID_PAYLOAD');
+    assertErrorAck(await emitAck(s, 'broadcast_room', `project:${p}`, 'binary_relay', blob), 'INVALID_PAYLOAD');
+    assertErrorAck(await emitAck(s, 'new_comment', { room: `project:${p}:comments`, content: blob }), 'INVALID_PAYLOAD');
+    assertErrorAck(await emitAck(s, 'document_upload_start', { projectId: p, filename: 'f', size: 1, sha256: blob }), 'INVALID_PAYLOAD');
+    await flush(server, bystander);
+    assert.deepEqual(relayed.events, [], 'nothing was relayed');
+    assert.equal((await emitAck(s, 'join_room', `project:${p}:activity`)).success, true);
+    s.close();
+    bystander.close();
+  });
+});
+
 // Limits that Trestle adds (MAX_UPLOADS_PER_USER, MAX_STREAMS_PER_SOCKET, both default 3).
 // The reference has neither: these tests are expected to FAIL on SERVER=reference.
 describe('Trestle limits', () => {

@@ -234,12 +234,19 @@ pub fn clean_text(field: &str, text: &str) -> Result<String, AppError> {
 /// must reach the client after the ack that announces them).
 pub type AfterReply = Box<dyn FnOnce() + Send>;
 
-/// Whether the event's arguments carry binary attachments.
-fn has_binary(value: &Value) -> bool {
-    match value {
+/// Refuses arguments that carry binary attachments: only `document_upload_chunk` takes
+/// binary data (see [`Cx::binary_payload`]), and decoding bytes as JSON numbers would
+/// cost many times their size and hand them on as arrays, not bytes.
+fn refuse_binary(value: &Value) -> Result<(), AppError> {
+    let binary = match value {
         Value::Str(_, Some(bins)) => !bins.is_empty(),
         Value::Str(_, None) => false,
         Value::Bytes(_) => true,
+    };
+    if binary {
+        Err(AppError::invalid("This event does not take binary data"))
+    } else {
+        Ok(())
     }
 }
 
@@ -256,13 +263,8 @@ pub struct Cx<'a, A: Adapter> {
 
 impl<A: Adapter> Cx<'_, A> {
     /// The first argument of the event as a typed payload; a wrong shape is
-    /// `INVALID_PAYLOAD` naming the field. Binary attachments are refused: only
-    /// `document_upload_chunk` takes binary data (see [`Cx::binary_payload`]), and decoding
-    /// bytes as JSON would cost many times their size.
+    /// `INVALID_PAYLOAD` naming the field.
     pub fn payload<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
-        if has_binary(value) {
-            return Err(AppError::invalid("This event does not take binary data"));
-        }
         let json: Json = self.first(value)?;
         if !json.is_object() {
             return Err(AppError::invalid("The payload must be an object"));
@@ -299,8 +301,9 @@ impl<A: Adapter> Cx<'_, A> {
         Arc::downgrade(self.raw)
     }
 
-    /// The first argument of the event, decoded as `T`.
+    /// The first argument of the event, decoded as `T` (binary attachments refused).
     pub fn first<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
+        refuse_binary(value)?;
         match TryData::<T>::from_message_parts(self.raw, value, &None) {
             Ok(TryData(Ok(v))) => Ok(v),
             _ => Err(AppError::invalid(
@@ -309,8 +312,9 @@ impl<A: Adapter> Cx<'_, A> {
         }
     }
 
-    /// Every argument of the event, as JSON.
+    /// Every argument of the event, as JSON (binary attachments refused).
     pub fn all(&self, value: &mut Value) -> Result<Vec<Json>, AppError> {
+        refuse_binary(value)?;
         match TryData::<Args>::from_message_parts(self.raw, value, &None) {
             Ok(TryData(Ok(Args(v)))) => Ok(v),
             _ => Err(AppError::invalid(
