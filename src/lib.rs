@@ -15,9 +15,11 @@
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
 //! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins.
 //! - [`limits`]: connection caps and the per-socket event bucket.
-//! - [`handlers`]: one module per event family, routed from [`handlers::handle`].
+//! - [`handlers`]: one module per event family (rooms, comments, typing, presence, tasks,
+//!   messages, documents, metrics), routed from [`handlers::handle`].
 //! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`.
-//! - [`store`]: the SQLite or PostgreSQL store of comments and offline messages.
+//! - [`store`]: the SQLite or PostgreSQL store of comments, offline messages, document
+//!   metadata and uploads; [`store::Objects`], the document bytes (object_store).
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
 
 pub mod auth;

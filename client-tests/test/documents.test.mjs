@@ -862,6 +862,27 @@ describe('upload rules', () => {
   });
 });
 
+describe('abandoned uploads', () => {
+  test('an upload that receives nothing for UPLOAD_TTL_MS (800 ms here) is removed; an active one is kept', async () => {
+    const server = await start({ UPLOAD_TTL_MS: 800 });
+    const p = uniq('p');
+    const s = await connectAs(server, { userId: uniq('u'), projects: [p] });
+    const data = crypto.randomBytes(3 * CHUNK);
+    const idle = await startUpload(s, { projectId: p, size: data.length });
+    const active = await startUpload(s, { projectId: p, size: data.length });
+    // Keep one upload busy for 2.4 s (three TTLs); the other receives nothing.
+    for (let i = 0; i < 3; i++) {
+      await delay(600); // chunks spaced by less than the TTL: the upload stays alive
+      assert.equal((await sendChunk(s, active, i, chunkOf(data, i))).success, true);
+    }
+    assertErrorAck(await emitAck(s, 'document_upload_status', { uploadId: idle }), 'NOT_FOUND');
+    assertErrorAck(await emitAck(s, 'document_upload_chunk', { uploadId: idle, index: 0, data: chunkOf(data, 0) }), 'NOT_FOUND');
+    const doc = await completeUpload(s, active);
+    assert.equal(doc.sha256, sha256(data));
+    s.close();
+  });
+});
+
 // Trestle refuses binary data everywhere but in upload chunks (the reference decodes it).
 describe('binary data outside upload chunks', () => {
   test('join_room, broadcast_room, new_comment and document_upload_start with a Buffer are INVALID_PAYLOAD; the socket keeps working', async () => {

@@ -841,9 +841,13 @@ impl Stream {
     }
 }
 
-/// Removes abandoned uploads (nothing received for `UPLOAD_TTL_MS`), every minute.
+/// Removes abandoned uploads (nothing received for `UPLOAD_TTL_MS`), checking every
+/// quarter of that time (at most every minute), so an upload outlives its TTL by a quarter
+/// at most.
 pub async fn sweep_every(state: Arc<AppState>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let period = Duration::from_millis(state.config.upload_ttl_ms / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
