@@ -139,6 +139,23 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 5_000)]
     pub presence_grace_ms: u64,
 
+    /// The main backend's access hook, asked (`POST { userId, room }` → `{ allowed }`)
+    /// about rooms the token's claims do not grant. Unset: the claims decide alone.
+    #[arg(long, env = "ACCESS_HOOK_URL", hide_env_values = true)]
+    pub access_hook_url: Option<String>,
+
+    /// Bearer token sent to the access hook.
+    #[arg(long, env = "ACCESS_HOOK_TOKEN", hide_env_values = true)]
+    pub access_hook_token: Option<String>,
+
+    /// How long an access hook answer is reused, in milliseconds.
+    #[arg(long, env = "ACCESS_HOOK_CACHE_MS", default_value_t = 30_000)]
+    pub access_hook_cache_ms: u64,
+
+    /// An access hook that has not answered after this many milliseconds denies.
+    #[arg(long, env = "ACCESS_HOOK_TIMEOUT_MS", default_value_t = 2_000)]
+    pub access_hook_timeout_ms: u64,
+
     /// Folder for documents (default: `documents` under `DATA_DIR`). Several instances
     /// must share it, or use `DOCUMENTS_URL`.
     #[arg(long, env = "DOCUMENTS_DIR")]
@@ -214,6 +231,7 @@ impl Config {
         cfg.database_url = None;
         cfg.redis_url = None;
         cfg.documents_dir = None;
+        cfg.access_hook_url = None;
         cfg.documents_url = None;
         cfg
     }

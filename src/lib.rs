@@ -13,7 +13,8 @@
 //! - [`connection`]: a socket's life: admission in the connect middleware (caps, token,
 //!   auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
-//! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins.
+//! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins;
+//!   [`access`]: those rules plus the main backend's access hook.
 //! - [`limits`]: connection caps and the per-socket event bucket.
 //! - [`handlers`]: one module per event family (rooms, comments, typing, presence, tasks,
 //!   messages, documents, metrics), routed from [`handlers::handle`].
@@ -22,6 +23,7 @@
 //!   metadata and uploads; [`store::Objects`], the document bytes (object_store).
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -49,6 +49,8 @@ pub struct AppState {
     pub config: Config,
     /// Token verification with the pinned algorithms.
     pub verifier: Verifier,
+    /// Room access: claims, then the access hook.
+    pub access: crate::access::Access,
     /// Connection counts per instance and per address.
     pub limits: Arc<ConnectionLimits>,
     /// Prometheus counters.
@@ -78,9 +80,11 @@ impl AppState {
     pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
         let verifier = Verifier::from_config(&config)?;
         let objects = config.documents()?;
+        let access = crate::access::Access::from_config(&config)?;
         Ok(AppState {
             limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
             verifier,
+            access,
             metrics: Metrics::new(),
             shutting_down: AtomicBool::new(false),
             redis: None,

@@ -43,7 +43,7 @@ pub fn comment_json(c: &Comment) -> Json {
 }
 
 /// A `…:comments` room the user may access; anything else is refused.
-fn comments_room<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<Room, AppError> {
+async fn comments_room<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<Room, AppError> {
     let room: Room = name
         .parse()
         .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))?;
@@ -53,9 +53,7 @@ fn comments_room<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<Room, AppErro
             "Comments go to a project:{p}:comments or task:{t}:comments room",
         ));
     }
-    if !room.granted_by_claims(&cx.conn.user) {
-        return Err(AppError::forbidden("Not allowed in this room"));
-    }
+    cx.require_room(&room).await?;
     Ok(room)
 }
 
@@ -95,7 +93,7 @@ struct NewCommentPayload {
 /// mentioned users get `mention`, live or on their next connect.
 pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let p: NewCommentPayload = cx.payload(value)?;
-    let room = comments_room(cx, &p.room)?;
+    let room = comments_room(cx, &p.room).await?;
     let user = &cx.conn.user;
     let content = clean_text("content", &p.content)?;
     let mentions = mention_ids(p.mentions.as_ref(), &user.id)?;
@@ -244,7 +242,7 @@ pub async fn list_comments<A: Adapter>(
     value: &mut Value,
 ) -> Result<Json, AppError> {
     let p: ListPayload = cx.payload(value)?;
-    comments_room(cx, &p.room)?;
+    comments_room(cx, &p.room).await?;
     let limit = match p.limit.as_ref().filter(|v| !v.is_null()) {
         None => DEFAULT_PAGE,
         Some(v) => match v.as_u64() {

@@ -136,8 +136,12 @@ impl Drop for Streams {
     }
 }
 
-fn require_project(user: &User, project: &Id) -> Result<(), AppError> {
-    if Room::Project(project.clone()).granted_by_claims(user) {
+async fn require_project(state: &AppState, user: &User, project: &Id) -> Result<(), AppError> {
+    if state
+        .access
+        .allows(user, &Room::Project(project.clone()))
+        .await
+    {
         Ok(())
     } else {
         Err(AppError::forbidden("No access to this project"))
@@ -240,7 +244,7 @@ pub async fn document_upload_start<A: Adapter>(
         ));
     }
     let user = &cx.conn.user;
-    require_project(user, &project)?;
+    require_project(state, user, &project).await?;
     let now = now_ms();
     let upload = Upload {
         id: new_id().map_err(|e| AppError::internal("making an upload id", e))?,
@@ -644,7 +648,7 @@ pub async fn list_documents<A: Adapter>(
 ) -> Result<Json, AppError> {
     let p: ProjectPayload = cx.payload(value)?;
     let project = id_field("projectId", &p.project_id)?;
-    require_project(&cx.conn.user, &project)?;
+    require_project(&cx.app.state, &cx.conn.user, &project).await?;
     let docs = cx
         .app
         .state
@@ -688,7 +692,7 @@ pub async fn document_stream<A: Adapter>(
         .await
         .map_err(|e| AppError::internal("reading a document", format!("{e:#}")))?
         .ok_or_else(|| AppError::new(Code::NotFound, "Document not found"))?;
-    require_project(&cx.conn.user, &Id::from_trusted(&doc.project_id))?;
+    require_project(state, &cx.conn.user, &Id::from_trusted(&doc.project_id)).await?;
     let size = doc.size as u64;
     let offset = match p.offset.as_ref().filter(|v| !v.is_null()) {
         None => 0,

@@ -286,6 +286,20 @@ impl<A: Adapter> Cx<'_, A> {
         }
     }
 
+    /// Whether the user may use `room`: the claims, then the access hook.
+    pub async fn may_use(&self, room: &crate::rooms::Room) -> bool {
+        self.app.state.access.allows(&self.conn.user, room).await
+    }
+
+    /// `FORBIDDEN` unless the user may use `room`.
+    pub async fn require_room(&self, room: &crate::rooms::Room) -> Result<(), AppError> {
+        if self.may_use(room).await {
+            Ok(())
+        } else {
+            Err(AppError::forbidden("Not allowed in this room"))
+        }
+    }
+
     /// The socket itself.
     pub fn raw_socket(&self) -> &Arc<Socket<A>> {
         self.raw

@@ -218,9 +218,7 @@ pub async fn user_active<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
         .parse()
         .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))?;
     let user = &cx.conn.user;
-    if !room.granted_by_claims(user) {
-        return Err(AppError::forbidden("Not allowed in this room"));
-    }
+    cx.require_room(&room).await?;
     let location = room.to_string();
     let state = &cx.app.state;
     if !user.anonymous

@@ -57,7 +57,7 @@ async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
 pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let room = room_arg(&cx.first::<Json>(value)?)?;
     let user = &cx.conn.user;
-    if !room.granted_by_claims(user) {
+    if !cx.may_use(&room).await {
         return Err(AppError::forbidden("Not allowed in this room"));
     }
     let name = room.to_string();

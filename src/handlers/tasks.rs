@@ -36,7 +36,7 @@ pub async fn task_update<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
         None => None,
     };
     let user = &cx.conn.user;
-    if !Room::Task(task.clone()).granted_by_claims(user) {
+    if !cx.may_use(&Room::Task(task.clone())).await {
         return Err(AppError::forbidden("Not allowed to update this task"));
     }
     let timestamp = iso_now();
@@ -52,7 +52,7 @@ pub async fn task_update<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
     .await
     .map_err(|e| AppError::internal("relaying a task update", e))?;
     if let Some(project) = project
-        && Room::Project(project.clone()).granted_by_claims(user)
+        && cx.may_use(&Room::Project(project.clone())).await
     {
         let activity = json!({
             "type": "task_updated",
@@ -119,7 +119,7 @@ pub async fn time_tracking<A: Adapter>(
     };
     let user = &cx.conn.user;
     let room = Room::TaskTime(task.clone());
-    if !room.granted_by_claims(user) {
+    if !cx.may_use(&room).await {
         return Err(AppError::forbidden(
             "Not allowed to track time on this task",
         ));

@@ -131,9 +131,7 @@ pub async fn typing_comment<A: Adapter>(
     let p: RoomPayload = cx.payload(value)?;
     let room = parse_room(&p.room)?;
     let user = &cx.conn.user;
-    if !room.granted_by_claims(user) {
-        return Err(AppError::forbidden("Not allowed in this room"));
-    }
+    cx.require_room(&room).await?;
     let generation = cx.conn.typing.start(&room);
     schedule_stop(cx, room.clone(), generation);
     let every = Duration::from_millis(cx.app.state.config.typing_throttle_ms);
