@@ -63,7 +63,10 @@ pub struct Config {
     #[arg(long, env = "AUTH_REQUIRED", default_value_t = true, action = clap::ArgAction::Set)]
     pub auth_required: bool,
 
-    /// Allowed CORS origins, comma-separated, or `*` for any.
+    /// Allowed browser origins, comma-separated (`https://app.example.com`), or `*` for
+    /// any. Also checked on the Socket.IO handshake and websocket upgrade: a request whose
+    /// `Origin` is not listed is refused with 403 (requests without `Origin` are not from
+    /// browsers and are allowed).
     #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
     pub cors_origins: String,
 
@@ -107,6 +110,11 @@ pub struct Config {
     /// Refused events in a row after which a flooding socket is disconnected.
     #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
     pub rate_limit_disconnect_after: u32,
+
+    /// Most binary attachments in one Socket.IO packet; a packet declaring more closes
+    /// the connection.
+    #[arg(long, env = "MAX_BINARY_ATTACHMENTS", default_value_t = 10)]
+    pub max_binary_attachments: usize,
 
     /// Redis URL (Redis 7 or later). Set: instances share rooms and emits through Redis.
     /// Unset: a single instance with the in-memory adapter.

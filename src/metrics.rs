@@ -117,7 +117,7 @@ impl Metrics {
             (
                 "trestle_connections_refused_total",
                 "reason",
-                &["capacity", "per_ip", "shutting_down"],
+                &["capacity", "per_ip", "shutting_down", "origin"],
             ),
             (
                 "trestle_auth_failures_total",

@@ -17,7 +17,7 @@ use anyhow::Context;
 use axum::Router;
 use serde::Serialize;
 use socketioxide::{
-    SocketIo, SocketIoBuilder,
+    ParserConfig, SocketIo, SocketIoBuilder,
     adapter::{Adapter, LocalAdapter},
     handler::ConnectHandler,
 };
@@ -152,14 +152,27 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
         // relays are volatile and simply dropped); 256 leaves room for bursts of room
         // traffic while bounding memory at a few hundred KB per stuck client.
         .max_buffer_size(256)
+        // Binary packets: how many attachments one may declare, how many bytes they hold
+        // in all, and how long the server waits for the rest of them.
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(cfg.max_binary_attachments)
+                .max_incoming_binary_buf_size(cfg.max_message_bytes as usize)
+                .packet_completion_timeout(Duration::from_secs(10)),
+        )
         .build_layer();
     let app = App {
         state,
         io,
         metrics_feed: Arc::new(MetricsFeed::default()),
     };
+    let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
     let router = http::routes(app.clone())
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            (origins, app.state.clone()),
+            http::origin::check,
+        ))
         .layer(cors(&app.state.config))
         .layer(
             TraceLayer::new_for_http()

@@ -1,6 +1,8 @@
-//! HTTP on the Socket.IO port: `/health`, `/ready`, `/metrics`, `POST /api/emit`.
+//! HTTP on the Socket.IO port: `/health`, `/ready`, `/metrics`, `POST /api/emit`, and the
+//! `Origin` check in front of Socket.IO.
 
 mod emit;
+pub mod origin;
 
 use axum::{
     Json, Router,
@@ -31,8 +33,7 @@ async fn health() -> impl IntoResponse {
 }
 
 /// 200 when every dependency answers (Redis when configured, the database, the document
-/// storage); 503 naming
-/// what failed (or `shutting_down`).
+/// storage); 503 naming what failed (or `shutting_down`).
 async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     let mut failed = Vec::new();
     if app.state.is_shutting_down() {

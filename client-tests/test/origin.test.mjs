@@ -1,0 +1,88 @@
+// The Origin allow-list (CORS_ORIGINS) on the Socket.IO handshake, polling and the
+// websocket upgrade: a browser page of another site cannot open a socket, while clients
+// that send no Origin (native apps, Node services) connect as before.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import { connectAs, emitAck, rawRequest, startServer, uniq } from './helpers.mjs';
+
+const ALLOWED = 'https://app.example.com';
+const EVIL = 'https://evil.example.net';
+
+const servers = [];
+after(() => Promise.all(servers.map((s) => s.stop())));
+
+async function start(env) {
+  const s = await startServer(env);
+  servers.push(s);
+  return s;
+}
+
+const handshake = (server, origin) =>
+  rawRequest(`${server.url}/socket.io/?EIO=4&transport=polling`, { headers: origin ? { origin } : {} });
+
+/** Opens a raw websocket with an Origin; resolves 'open' or the HTTP status it was refused with. */
+function wsOutcome(server, origin) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(`${server.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`, origin ? { origin } : {});
+    ws.on('open', () => {
+      ws.close();
+      resolve('open');
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      resolve(res.statusCode);
+      ws.terminate();
+    });
+    ws.on('error', () => {});
+  });
+}
+
+describe('CORS_ORIGINS set', () => {
+  test('polling handshake: an unlisted Origin is 403, a listed one (any case) or none gets a session', async () => {
+    const server = await start({ CORS_ORIGINS: `${ALLOWED},http://localhost:5173` });
+    const evil = await handshake(server, EVIL);
+    assert.equal(evil.status, 403);
+    assert.ok(!evil.text.includes('"sid"'), 'no session for a refused origin');
+    assert.equal((await handshake(server, 'https://app.example.com.evil.net')).status, 403);
+    assert.equal((await handshake(server, 'null')).status, 403);
+    const ok = await handshake(server, 'https://APP.example.com');
+    assert.equal(ok.status, 200);
+    assert.match(ok.text, /"sid"/);
+    const none = await handshake(server);
+    assert.equal(none.status, 200);
+    assert.match(none.text, /"sid"/);
+  });
+
+  test('websocket upgrade: an unlisted Origin is refused with 403, a listed one and none open', async () => {
+    const server = await start({ CORS_ORIGINS: ALLOWED });
+    assert.equal(await wsOutcome(server, EVIL), 403);
+    assert.equal(await wsOutcome(server, ALLOWED), 'open');
+    assert.equal(await wsOutcome(server), 'open');
+  });
+
+  test('a socket.io client sending a listed Origin works; /metrics counts the refusals', async () => {
+    const server = await start({ CORS_ORIGINS: ALLOWED });
+    const s = await connectAs(server, { userId: uniq('u') }, { extraHeaders: { origin: ALLOWED }, transports: ['polling', 'websocket'] });
+    assert.equal((await emitAck(s, 'join_room', `presence:${uniq('x')}`)).success, true);
+    s.close();
+    await handshake(server, EVIL);
+    await wsOutcome(server, EVIL);
+    const metrics = (await rawRequest(`${server.url}/metrics`)).text;
+    const line = metrics.split('\n').find((l) => l.startsWith('trestle_connections_refused_total{reason="origin"}'));
+    assert.ok(line, 'origin refusals are counted');
+    assert.ok(Number(line.split(' ').pop()) >= 2, line);
+  });
+
+  test('the HTTP API is not subject to it (server-to-server calls)', async () => {
+    const server = await start({ CORS_ORIGINS: ALLOWED });
+    assert.equal((await rawRequest(`${server.url}/health`, { headers: { origin: EVIL } })).status, 200);
+  });
+});
+
+describe('CORS_ORIGINS=* (the default)', () => {
+  test('any Origin connects, over polling and websocket', async () => {
+    const server = await start({});
+    assert.equal((await handshake(server, EVIL)).status, 200);
+    assert.equal(await wsOutcome(server, EVIL), 'open');
+  });
+});
