@@ -46,7 +46,7 @@ impl Origins {
             Origins::Any => true,
             Origins::List(list) => {
                 let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
-                list.iter().any(|o| *o == origin)
+                list.contains(&origin)
             }
         }
     }
