@@ -172,6 +172,9 @@ pub fn find_token(auth: Option<&Value>, parts: &axum::http::request::Parts) -> O
         .map(|(_, v)| v.into_owned())
 }
 
+/// Longest token accepted, in bytes; longer ones are `Authentication failed` unread.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// A configuration that cannot verify tokens.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -306,6 +309,11 @@ impl Verifier {
 
     /// Verifies a token and reads its user.
     pub fn verify(&self, token: &str) -> Result<User, AuthError> {
+        // Real tokens are a few hundred bytes; a huge one is refused before any decoding
+        // or signature work is spent on it.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Failed);
+        }
         let header = decode_header(token).map_err(|_| AuthError::Failed)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Failed);
@@ -382,6 +390,18 @@ mod tests {
         assert!(user.projects.contains(&Id::parse("1").unwrap()));
         assert!(user.projects.contains(&Id::parse("b").unwrap()));
         assert_eq!(user.projects.iter().count(), 2);
+    }
+
+    #[test]
+    fn a_huge_token_is_refused_even_with_a_good_signature() {
+        let padding = "x".repeat(MAX_TOKEN_BYTES);
+        let t = token(
+            json!({"userId": "u", "pad": padding, "exp": exp_in(60)}),
+            "secret",
+        );
+        assert_eq!(verifier().verify(&t).unwrap_err(), AuthError::Failed);
+        let small = token(json!({"userId": "u", "exp": exp_in(60)}), "secret");
+        assert!(verifier().verify(&small).is_ok());
     }
 
     #[test]

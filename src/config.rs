@@ -111,6 +111,19 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
     pub rate_limit_disconnect_after: u32,
 
+    /// Most header lines in one HTTP request; more is refused (431).
+    #[arg(long, env = "HTTP_MAX_HEADERS", default_value_t = 100)]
+    pub http_max_headers: usize,
+
+    /// Most bytes of an HTTP request line and headers together; more is refused (431).
+    #[arg(long, env = "HTTP_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub http_max_header_bytes: usize,
+
+    /// A client that has not sent its whole request head after this many milliseconds
+    /// is disconnected (slow-header attacks).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
     /// Most binary attachments in one Socket.IO packet; a packet declaring more closes
     /// the connection.
     #[arg(long, env = "MAX_BINARY_ATTACHMENTS", default_value_t = 10)]

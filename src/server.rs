@@ -297,12 +297,15 @@ async fn serve_app<A: Adapter>(
             graceful_stop(&app).await;
         }
     };
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping);
-    let server = async move { server.await.context("server failed") };
+    let limits = http::serve::HeaderLimits {
+        max_headers: app.state.config.http_max_headers,
+        max_bytes: app.state.config.http_max_header_bytes,
+        read_timeout: Duration::from_millis(app.state.config.http_header_timeout_ms),
+    };
+    let server = async move {
+        http::serve::serve(listener, router, limits, stopping).await;
+        anyhow::Ok(())
+    };
     tokio::pin!(server);
     let result = tokio::select! {
         r = &mut server => r,

@@ -3,6 +3,7 @@
 
 mod emit;
 pub mod origin;
+pub mod serve;
 
 use axum::{
     Json, Router,
