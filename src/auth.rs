@@ -469,3 +469,54 @@ mod tests {
         assert!(Verifier::from_config(&cfg).is_ok());
     }
 }
+
+/// Property tests: token verification never panics, whatever the token or its claims.
+#[cfg(test)]
+mod props {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{1,8}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_arbitrary_strings_are_refused(token in ".{0,400}") {
+            let v = Verifier::from_config(&Config::for_tests("secret")).unwrap();
+            prop_assert!(v.verify(&token).is_err());
+        }
+
+        #[test]
+        fn prop_signed_arbitrary_claims_never_panic(
+            user in json(), projects in json(), perms in json(), name in json(), extra in json()
+        ) {
+            let v = Verifier::from_config(&Config::for_tests("secret")).unwrap();
+            let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 60;
+            let claims = serde_json::json!({
+                "userId": user, "projects": projects, "permissions": perms, "name": name,
+                "teams": extra, "exp": exp,
+            });
+            let token = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(b"secret")).unwrap();
+            if let Ok(u) = v.verify(&token) {
+                // A user that gets through has an id of the id alphabet.
+                prop_assert!(crate::rooms::Id::parse(u.id.as_str()).is_some());
+            }
+        }
+    }
+}

@@ -230,3 +230,55 @@ mod tests {
         assert!(Id::from_json(&serde_json::json!(null)).is_none());
     }
 }
+
+/// Property tests: room and id parsing never panics, and formatting round-trips.
+/// `PROPTEST_CASES=100000 cargo test --release prop_` runs them longer.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn id() -> impl Strategy<Value = Id> {
+        "[A-Za-z0-9_.@-]{1,128}".prop_map(|s| Id::parse(&s).unwrap())
+    }
+
+    fn room() -> impl Strategy<Value = Room> {
+        (0..11usize, id()).prop_map(|(k, id)| match k {
+            0 => Room::Notifications(id),
+            1 => Room::Contacts(id),
+            2 => Room::Presence(id),
+            3 => Room::Project(id),
+            4 => Room::ProjectComments(id),
+            5 => Room::ProjectActivity(id),
+            6 => Room::Task(id),
+            7 => Room::TaskComments(id),
+            8 => Room::TaskTime(id),
+            9 => Room::Team(id),
+            _ => Room::TeamChat(id),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn prop_any_string_parses_or_is_refused(s in any::<String>()) {
+            if let Ok(room) = s.parse::<Room>() {
+                // Whatever parses formats back to the same name.
+                prop_assert_eq!(room.to_string(), s.clone());
+            }
+            let _ = Id::parse(&s);
+        }
+
+        #[test]
+        fn prop_room_names_round_trip(room in room()) {
+            prop_assert_eq!(room.to_string().parse::<Room>().unwrap(), room);
+        }
+
+        #[test]
+        fn prop_ids_from_json_never_panic(n in any::<i64>(), f in any::<f64>(), s in ".{0,200}") {
+            prop_assert!(Id::from_json(&serde_json::json!(n)).is_some());
+            let _ = Id::from_json(&serde_json::json!(f));
+            let _ = Id::from_json(&serde_json::json!(s));
+        }
+    }
+}

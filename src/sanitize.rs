@@ -60,3 +60,20 @@ mod tests {
         assert_eq!(clean("plain text"), "plain text");
     }
 }
+
+/// Property tests: sanitising never panics and never lets a script element through.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn prop_no_script_survives(s in ".{0,200}", tag in "(?i)script|iframe|object|embed") {
+            let out = super::clean(&format!("{s}<{tag}>alert(1)</{tag}>{s}"));
+            let lower = out.to_ascii_lowercase();
+            let needle = format!("<{}", tag.to_ascii_lowercase());
+            let survived = lower.contains(&needle);
+            prop_assert!(!survived);
+        }
+    }
+}

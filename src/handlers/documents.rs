@@ -899,3 +899,44 @@ mod tests {
         assert!(d.progress_due("u", 100), "the end always");
     }
 }
+
+/// Property tests: the upload and stream payload decoders never panic.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn prop_field_decoders_never_panic(s in ".{0,300}", n in any::<i64>(), f in any::<f64>()) {
+            for v in [json!(s), json!(n), json!(f), json!(null), json!([s]), json!({ "k": n })] {
+                let _ = clean_filename(&v);
+                let _ = document_type(Some(&v));
+                let _ = sha256_field(Some(&v));
+                let _ = count_field("f", &v);
+            }
+        }
+
+        #[test]
+        fn prop_clean_filenames_are_plain(s in ".{0,300}") {
+            if let Ok(name) = clean_filename(&json!(s)) {
+                prop_assert!(!name.contains('/') && !name.contains('\\'));
+                prop_assert!(!name.chars().any(char::is_control));
+                prop_assert!((1..=255).contains(&name.chars().count()));
+            }
+        }
+
+        #[test]
+        fn prop_chunk_payloads_decode_or_are_refused(v in prop::collection::vec(any::<u8>(), 0..64), s in ".{0,64}") {
+            // The shapes a client can send for `data`, through the same serde path.
+            for data in [json!(s), json!(v), json!({ "a": s }), json!(null)] {
+                let p: Result<ChunkPayload, _> =
+                    serde_json::from_value(json!({ "uploadId": s, "index": 0, "data": data }));
+                if let Ok(p) = p {
+                    prop_assert!(matches!(p.data, MaybeBinary::Other));
+                }
+            }
+        }
+    }
+}
