@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
     pub rate_limit_disconnect_after: u32,
 
+    /// Packets that may wait for one slow client; past this, emits to it are dropped and
+    /// its connection ends at the next heartbeat.
+    #[arg(long, env = "MAX_BUFFER_PACKETS", default_value_t = 1024)]
+    pub max_buffer_packets: usize,
+
     /// Most header lines in one HTTP request; more is refused (431).
     #[arg(long, env = "HTTP_MAX_HEADERS", default_value_t = 100)]
     pub http_max_headers: usize,

