@@ -8,7 +8,7 @@
 //! Why fred and not the `redis` crate driver: after a Redis restart the `redis` driver's
 //! connection stays broken (every publish fails with a broken pipe) and its subscriptions
 //! are gone, so instances stop hearing each other until restarted. fred reconnects on its
-//! own, and [`resubscribe_on_reconnect`] subscribes the adapter's channels again after
+//! own, and `resubscribe_on_reconnect` subscribes the adapter's channels again after
 //! each reconnect. While Redis is away, [`emit`] delivers to this instance's sockets only and
 //! [`count`] counts them, so local users keep working.
 
