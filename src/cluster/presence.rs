@@ -570,6 +570,20 @@ impl RedisRegistry {
         }
     }
 
+    /// Runs one of the scripts (loading it first if Redis does not know it yet).
+    async fn eval<R: fred::types::FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+        what: &'static str,
+    ) -> anyhow::Result<R> {
+        script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+            .context(what)
+    }
+
     fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         k.push_str(&parts.join(":"));
@@ -608,10 +622,8 @@ impl RedisRegistry {
         now: i64,
     ) -> anyhow::Result<bool> {
         let became: i64 = self
-            .scripts
-            .connect
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.connect,
                 self.user_keys(user, &self.id),
                 vec![
                     sid.to_owned(),
@@ -619,9 +631,9 @@ impl RedisRegistry {
                     now.to_string(),
                     targets.to_owned(),
                 ],
+                "presence connect",
             )
-            .await
-            .context("presence connect")?;
+            .await?;
         Ok(became == 1)
     }
 
@@ -635,10 +647,8 @@ impl RedisRegistry {
 
     async fn unregister(&self, user: &str, sid: &str, now: i64, due: i64) -> anyhow::Result<()> {
         let _: i64 = self
-            .scripts
-            .disconnect
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.disconnect,
                 self.user_keys(user, &self.id),
                 vec![
                     sid.to_owned(),
@@ -646,37 +656,33 @@ impl RedisRegistry {
                     now.to_string(),
                     due.to_string(),
                 ],
+                "presence disconnect",
             )
-            .await
-            .context("presence disconnect")?;
+            .await?;
         Ok(())
     }
 
     async fn set_status(&self, user: &str, status: Status, now: i64) -> anyhow::Result<bool> {
         let changed: i64 = self
-            .scripts
-            .set_status
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.set_status,
                 vec![self.key(&["user", user])],
                 vec![status.as_str().to_owned(), now.to_string()],
+                "presence set_status",
             )
-            .await
-            .context("presence set_status")?;
+            .await?;
         Ok(changed == 1)
     }
 
     async fn set_location(&self, user: &str, location: &str) -> anyhow::Result<()> {
         let _: i64 = self
-            .scripts
-            .set_location
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.set_location,
                 vec![self.key(&["user", user])],
                 vec![location.to_owned()],
+                "presence set_location",
             )
-            .await
-            .context("presence set_location")?;
+            .await?;
         Ok(())
     }
 
@@ -686,11 +692,13 @@ impl RedisRegistry {
         }
         let keys: Vec<String> = users.iter().map(|u| self.key(&["user", u])).collect();
         let reply: RedisValue = self
-            .scripts
-            .get
-            .evalsha_with_reload(&self.client, keys, Vec::<String>::new())
-            .await
-            .context("presence get")?;
+            .eval(
+                &self.scripts.get,
+                keys,
+                Vec::<String>::new(),
+                "presence get",
+            )
+            .await?;
         let fields = strings(reply);
         Ok(fields
             .chunks(3)
@@ -704,10 +712,8 @@ impl RedisRegistry {
 
     async fn claim_due(&self, now: i64) -> anyhow::Result<Vec<WentOffline>> {
         let reply: RedisValue = self
-            .scripts
-            .claim_due
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.claim_due,
                 vec![self.key(&["pending"])],
                 vec![
                     self.prefix.clone(),
@@ -715,9 +721,9 @@ impl RedisRegistry {
                     CLAIM_BATCH.to_string(),
                     RETENTION.as_millis().to_string(),
                 ],
+                "presence claim",
             )
-            .await
-            .context("presence claim")?;
+            .await?;
         Ok(strings(reply)
             .chunks(3)
             .filter(|c| c.len() == 3)
@@ -731,37 +737,33 @@ impl RedisRegistry {
 
     async fn heartbeat(&self, now: i64) -> anyhow::Result<bool> {
         let alive: i64 = self
-            .scripts
-            .heartbeat
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.heartbeat,
                 vec![self.key(&["inst", &self.id]), self.key(&["instances"])],
                 vec![
                     self.id.clone(),
                     now.to_string(),
                     ALIVE_TTL.as_millis().to_string(),
                 ],
+                "presence heartbeat",
             )
-            .await
-            .context("presence heartbeat")?;
+            .await?;
         Ok(alive == 1)
     }
 
     async fn reap(&self, now: i64) -> anyhow::Result<usize> {
         let reply: RedisValue = self
-            .scripts
-            .find_dead
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.find_dead,
                 vec![self.key(&["instances"])],
                 vec![
                     self.prefix.clone(),
                     self.id.clone(),
                     REAP_CLAIM.as_millis().to_string(),
                 ],
+                "presence reap",
             )
-            .await
-            .context("presence reap")?;
+            .await?;
         let dead = strings(reply);
         for pair in dead.chunks(2).filter(|p| p.len() == 2) {
             let (id, beat) = (&pair[0], pair[1].parse().unwrap_or(now));
@@ -782,10 +784,8 @@ impl RedisRegistry {
         let mut cursor = "0".to_owned();
         loop {
             cursor = self
-                .scripts
-                .forget_batch
-                .evalsha_with_reload(
-                    &self.client,
+                .eval(
+                    &self.scripts.forget_batch,
                     keys.clone(),
                     vec![
                         self.prefix.clone(),
@@ -794,9 +794,9 @@ impl RedisRegistry {
                         due.to_string(),
                         id.to_owned(),
                     ],
+                    "presence forget",
                 )
-                .await
-                .context("presence forget")?;
+                .await?;
             if cursor == "0" {
                 return Ok(());
             }
@@ -805,15 +805,13 @@ impl RedisRegistry {
 
     async fn resync(&self, now: i64, grace_ms: i64) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         let reply: RedisValue = self
-            .scripts
-            .list_sockets
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.list_sockets,
                 vec![self.key(&["inst", &self.id, "socks"])],
                 Vec::<String>::new(),
+                "presence resync",
             )
-            .await
-            .context("presence resync")?;
+            .await?;
         let registered: HashMap<String, String> = strings(reply)
             .chunks(2)
             .filter(|p| p.len() == 2)
@@ -850,15 +848,13 @@ impl RedisRegistry {
         self.local.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.forget(&self.id, now, due).await?;
         let _: i64 = self
-            .scripts
-            .delete
-            .evalsha_with_reload(
-                &self.client,
+            .eval(
+                &self.scripts.delete,
                 vec![self.key(&["inst", &self.id])],
                 Vec::<String>::new(),
+                "presence release",
             )
-            .await
-            .context("presence release")?;
+            .await?;
         Ok(())
     }
 }
