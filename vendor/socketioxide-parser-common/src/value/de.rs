@@ -9,13 +9,17 @@ pub fn from_str<'de, T: de::Deserialize<'de>>(
     binary_payloads: &mut VecDeque<Bytes>,
     with_event: bool,
 ) -> Result<T, serde_json::Error> {
-    let inner = &mut serde_json::Deserializer::from_str(data);
+    let mut json = serde_json::Deserializer::from_str(data);
     let de = Deserializer {
-        inner,
+        inner: &mut json,
         binary_payloads,
         skip_first_element: with_event,
     };
-    T::deserialize(de)
+    let value = T::deserialize(de)?;
+    // Trestle patch: text after the payload makes the packet invalid, as with socket.io's
+    // JSON.parse of the whole rest.
+    json.end()?;
+    Ok(value)
 }
 
 pub fn from_str_seed<'de, T: de::DeserializeSeed<'de>>(
@@ -24,18 +28,23 @@ pub fn from_str_seed<'de, T: de::DeserializeSeed<'de>>(
     seed: T,
     with_event: bool,
 ) -> Result<T::Value, serde_json::Error> {
-    let inner = &mut serde_json::Deserializer::from_str(data);
+    let mut json = serde_json::Deserializer::from_str(data);
     let de = Deserializer {
-        inner,
+        inner: &mut json,
         binary_payloads,
         skip_first_element: with_event,
     };
-    seed.deserialize(de)
+    let value = seed.deserialize(de)?;
+    json.end()?;
+    Ok(value)
 }
 
 pub fn read_event(data: &str) -> serde_json::Result<&str> {
     let mut de = serde_json::Deserializer::from_str(data);
-    FirstElement::<&str>::default().deserialize(&mut de)
+    let event = FirstElement::<&str>::default().deserialize(&mut de)?;
+    // Trestle patch: `2["event"]garbage` is not a packet (socket.io's parser rejects it).
+    de.end()?;
+    Ok(event)
 }
 
 struct Deserializer<'a, D> {
@@ -490,11 +499,13 @@ impl<'de, V: de::Visitor<'de>> Visitor<'de> for BinaryVisitor<'_, V> {
         match (key, val, key1, val1) {
             ("_placeholder", Val::Placeholder(true), "num", Val::Num(idx))
             | ("num", Val::Num(idx), "_placeholder", Val::Placeholder(true)) => {
-                // Serde is going through the data in a DFS manner, in the same way that socket.io JS parser encode placeholders.
-                // So we can safely pop the first element of the queue. This is more efficient than shifting the queue.
+                // Trestle patch: the attachment is the one `num` names, as in socket.io's
+                // parser; a num outside the attachments is an error (crates.io took them in
+                // arrival order whatever num said).
                 let payload = self
                     .binary_payloads
-                    .pop_front()
+                    .get(idx)
+                    .cloned()
                     .ok_or_else(|| A::Error::custom(format!("binary payload {idx} not found")))?;
                 self.inner.visit_byte_buf(Vec::from(payload))
             }
@@ -631,9 +642,8 @@ impl<'de, V: de::Visitor<'de>> Visitor<'de> for BinaryAnyVisitor<'_, V> {
                 match map.next_value::<bool>()? {
                     true if map.next_key::<&str>()? == Some("num") => {
                         let idx = map.next_value::<usize>()?;
-                        // Serde is going through the data in a DFS manner, in the same way that socket.io JS parser encode placeholders.
-                        // So we can safely pop the first element of the queue.
-                        let payload = self.binary_payloads.pop_front().ok_or_else(|| {
+                        // Trestle patch: the attachment `num` names (see BinaryVisitor).
+                        let payload = self.binary_payloads.get(idx).cloned().ok_or_else(|| {
                             A::Error::custom(format!("binary payload {idx} not found"))
                         })?;
                         self.inner.visit_byte_buf(Vec::from(payload))

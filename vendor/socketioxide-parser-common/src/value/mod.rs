@@ -117,6 +117,47 @@ mod tests {
         test: String,
     }
 
+    // Trestle patches: text after the payload is an error, and a placeholder names its
+    // attachment by `num`.
+    #[test]
+    fn trailing_text_after_the_payload_is_refused() {
+        assert_eq!(read_event(&Value::Str(r#"["ev",1]"#.into(), None)).unwrap(), "ev");
+        for bad in [r#"["ev",1]x"#, r#"["ev",1]]"#, r#"["ev",1]{}"#] {
+            assert!(read_event(&Value::Str(bad.into(), None)).is_err(), "{bad}");
+            let mut value = Value::Str(bad.into(), None);
+            assert!(from_value::<(u32,)>(&mut value, true).is_err(), "{bad}");
+            let mut value = Value::Str(bad.into(), None);
+            assert!(from_value::<u32>(&mut value, true).is_err(), "{bad}");
+        }
+        let mut value = Value::Str(" [\"ev\", 1] \n".into(), None);
+        assert_eq!(from_value::<u32>(&mut value, true).unwrap(), 1);
+    }
+
+    #[test]
+    fn placeholders_name_their_attachment() {
+        let a = Bytes::from_static(b"a");
+        let b = Bytes::from_static(b"b");
+        let data = json!(["event", placeholder(1), placeholder(0)]);
+        let (x, y): (Bytes, Bytes) = from_str_event_bin(data, vec![a.clone(), b.clone()].into());
+        assert_eq!((x, y), (b.clone(), a.clone()));
+        for num in [1, 5, usize::MAX] {
+            let mut value = Value::Str(
+                serde_json::to_string(&json!(["event", placeholder(num)]))
+                    .unwrap()
+                    .into(),
+                Some(vec![a.clone()].into()),
+            );
+            assert!(from_value::<Bytes>(&mut value, true).is_err(), "num {num}");
+            let mut value = Value::Str(
+                serde_json::to_string(&json!(["event", { "data": placeholder(num) }]))
+                    .unwrap()
+                    .into(),
+                Some(vec![a.clone()].into()),
+            );
+            assert!(from_value::<Data>(&mut value, true).is_err(), "num {num}");
+        }
+    }
+
     #[test]
     fn to_value_event() {
         assert_eq!(
