@@ -60,6 +60,16 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// Trestle patch: the bytes of packets that may wait for one connection (text and
+    /// binary payloads; control packets count 1 byte). When set, a connection that would
+    /// go past it, or whose packet buffer (`max_buffer_size`) is full, is closed with
+    /// [`DisconnectReason::SlowConsumer`](crate::DisconnectReason::SlowConsumer) instead
+    /// of the packet being refused: a client that does not read loses its connection, not
+    /// silently some of its messages. A packet sent when nothing waits is always taken.
+    ///
+    /// Defaults to `None`: no byte bound, and a full buffer refuses packets (as upstream).
+    pub max_buffer_bytes: Option<usize>,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +107,7 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_buffer_bytes: None,
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +211,12 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// Trestle patch: see [`EngineIoConfig::max_buffer_bytes`].
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: Option<usize>) -> Self {
+        self.config.max_buffer_bytes = max_buffer_bytes;
         self
     }
 

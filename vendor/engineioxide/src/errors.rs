@@ -37,6 +37,7 @@ pub enum Error {
 /// Otherwise, return a 500
 impl<B> From<Error> for Response<ResponseBody<B>> {
     fn from(err: Error) -> Self {
+        // Trestle patch: numeric codes, as socket.io's engine sends them.
         let conn_err_resp = |message: &'static str| {
             Response::builder()
                 .status(400)
@@ -58,11 +59,11 @@ impl<B> From<Error> for Response<ResponseBody<B>> {
                 .unwrap(),
 
             Error::UnknownSessionID(_) => {
-                conn_err_resp("{\"code\":\"1\",\"message\":\"Session ID unknown\"}")
+                conn_err_resp("{\"code\":1,\"message\":\"Session ID unknown\"}")
             }
 
             Error::TransportMismatch => {
-                conn_err_resp("{\"code\":\"3\",\"message\":\"Bad request\"}")
+                conn_err_resp("{\"code\":3,\"message\":\"Bad request\"}")
             }
 
             _e => {

@@ -59,7 +59,7 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -95,6 +95,87 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// The server is being closed
     ClosingServer,
+    /// Trestle patch: the client did not read what was sent to it: its queue was over
+    /// [`EngineIoConfig::max_buffer_bytes`] or its packet buffer was full
+    /// (only with `max_buffer_bytes` set).
+    SlowConsumer,
+}
+
+/// Trestle patch: the bytes of packets waiting for one socket's transport, and the bound
+/// past which the socket is closed as a slow consumer (`None`: no bound, and a full packet
+/// buffer refuses the packet, as on crates.io).
+#[derive(Debug)]
+pub(crate) struct SendBudget {
+    queued: AtomicUsize,
+    max: Option<usize>,
+}
+
+impl SendBudget {
+    fn new(max: Option<usize>) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// The size a packet buffer is counted for (at least 1 byte a packet).
+    pub(crate) fn len_of(packets: &PacketBuf) -> usize {
+        packets
+            .iter()
+            .map(|p| match p {
+                Packet::Message(m) => m.len().max(1),
+                Packet::Binary(b) | Packet::BinaryV3(b) => b.len().max(1),
+                _ => 1,
+            })
+            .sum()
+    }
+
+    /// Counts `packets` as queued if they fit: a socket with nothing queued always takes
+    /// one more buffer, so a single large packet is never refused by itself.
+    fn try_take(&self, packets: &PacketBuf) -> bool {
+        let Some(max) = self.max else { return true };
+        let n = Self::len_of(packets);
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before > 0 && before + n > max {
+            self.release(n);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `packets` as queued, whatever the bound (heartbeat and control packets).
+    pub(crate) fn add(&self, packets: &PacketBuf) {
+        if self.max.is_some() {
+            self.queued
+                .fetch_add(Self::len_of(packets), Ordering::AcqRel);
+        }
+    }
+
+    /// Packets left the queue for the transport.
+    pub(crate) fn sent(&self, packets: &PacketBuf) {
+        self.release_len(Self::len_of(packets));
+    }
+
+    /// Gives back `n` bytes counted by `try_take` or `add` that were not queued after all.
+    pub(crate) fn release_len(&self, n: usize) {
+        if self.max.is_some() {
+            self.release(n);
+        }
+    }
+
+    fn release(&self, n: usize) {
+        // Saturating: a miscount must never wrap into a huge queue.
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            })
+            .ok();
+    }
+
+    /// Whether a full buffer or an exceeded bound closes the socket.
+    fn closes_slow_consumers(&self) -> bool {
+        self.max.is_some()
+    }
 }
 
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
@@ -116,17 +197,33 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, PacketBuf>,
+    budget: &'a SendBudget,
+    sid: Sid,
+    close_fn: &'a (dyn Fn(Sid, DisconnectReason) + Send + Sync),
 }
 impl Permit<'_> {
+    /// Trestle patch: sends within the socket's byte budget, else closes it as a slow
+    /// consumer (the packets are dropped with the connection).
+    fn send(self, packets: PacketBuf) {
+        if self.budget.try_take(&packets) {
+            self.inner.send(packets);
+        } else {
+            drop(self.inner);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?self.sid, "send budget exceeded, closing slow consumer");
+            (self.close_fn)(self.sid, DisconnectReason::SlowConsumer);
+        }
+    }
+
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -138,7 +235,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -150,7 +247,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 }
 
@@ -216,6 +313,9 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
+    /// Trestle patch: bytes waiting in `internal_tx`, and their bound.
+    pub(crate) budget: SendBudget,
+
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -267,6 +367,7 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            budget: SendBudget::new(config.max_buffer_bytes),
 
             volatile_tx,
 
@@ -288,13 +389,44 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+        let mut packets: PacketBuf = smallvec![packet];
+        if !self.budget.try_take(&packets) {
+            self.close_slow_consumer();
+            return Err(TrySendError::Full(packets.pop().unwrap()));
+        }
+        let len = SendBudget::len_of(&packets);
+        self.internal_tx.try_send(packets).map_err(|p| {
+            self.budget.release_len(len);
+            match p {
+                TrySendError::Full(mut p) => {
+                    self.close_slow_consumer();
+                    TrySendError::Full(p.pop().unwrap())
+                }
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
+            }
+        })?;
         Ok(())
+    }
+
+    /// Trestle patch: queues a control packet (ping, pong, close), counted in the budget
+    /// but never refused by it.
+    pub(crate) fn send_control(&self, packet: Packet) -> Result<(), TrySendError<PacketBuf>> {
+        let packets: PacketBuf = smallvec![packet];
+        let len = SendBudget::len_of(&packets);
+        self.budget.add(&packets);
+        self.internal_tx
+            .try_send(packets)
+            .inspect_err(|_| self.budget.release_len(len))
+    }
+
+    /// Trestle patch: closes a socket that does not read what is sent to it, when the
+    /// budget has a bound (without one, a full buffer only refuses packets, as upstream).
+    fn close_slow_consumer(&self) {
+        if self.budget.closes_slow_consumers() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?self.id, "send buffer full, closing slow consumer");
+            (self.close_fn)(self.id, DisconnectReason::SlowConsumer);
+        }
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -356,7 +488,11 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
+        // Trestle patch: the first ping goes out one interval after the handshake, as with
+        // socket.io's engine (crates.io sent it at once: `interval`'s first tick is
+        // immediate), which the public protocol test suite expects.
+        let mut interval_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
@@ -370,8 +506,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(smallvec![Packet::Ping])
+            self.send_control(Packet::Ping)
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -407,8 +542,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(smallvec![Packet::Pong])
+            self.send_control(Packet::Pong)
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -442,8 +576,17 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
+            if matches!(e, TrySendError::Full(_)) {
+                self.close_slow_consumer();
+            }
+        })?;
+        Ok(Permit {
+            inner: permit,
+            budget: &self.budget,
+            sid: self.id,
+            close_fn: &*self.close_fn,
+        })
     }
 
     /// Emits a message to the client.
@@ -465,7 +608,9 @@ where
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
         // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // (Trestle patch: not through `send`, whose slow-consumer close would come first
+        // and replace `reason`.)
+        self.send_control(Packet::Close).ok();
 
         (self.close_fn)(self.id, reason);
     }
@@ -618,6 +763,7 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            budget: SendBudget::new(None),
 
             volatile_tx,
 

@@ -92,6 +92,7 @@ pub enum ParseError {
 impl<B> From<ParseError> for Response<ResponseBody<B>> {
     fn from(err: ParseError) -> Self {
         use ParseError::*;
+        // Trestle patch: numeric codes, as socket.io's engine sends them.
         let conn_err_resp = |message: &'static str| {
             Response::builder()
                 .status(400)
@@ -100,16 +101,16 @@ impl<B> From<ParseError> for Response<ResponseBody<B>> {
                 .unwrap()
         };
         match err {
-            UnknownTransport => conn_err_resp("{\"code\":\"0\",\"message\":\"Transport unknown\"}"),
+            UnknownTransport => conn_err_resp("{\"code\":0,\"message\":\"Transport unknown\"}"),
             BadHandshakeMethod => {
-                conn_err_resp("{\"code\":\"2\",\"message\":\"Bad handshake method\"}")
+                conn_err_resp("{\"code\":2,\"message\":\"Bad handshake method\"}")
             }
-            TransportMismatch => conn_err_resp("{\"code\":\"3\",\"message\":\"Bad request\"}"),
+            TransportMismatch => conn_err_resp("{\"code\":3,\"message\":\"Bad request\"}"),
             UnsupportedProtocolVersion => {
-                conn_err_resp("{\"code\":\"5\",\"message\":\"Unsupported protocol version\"}")
+                conn_err_resp("{\"code\":5,\"message\":\"Unsupported protocol version\"}")
             }
             UnknownSessionId => {
-                conn_err_resp("{\"code\":\"1\",\"message\":\"Session ID unknown\"}")
+                conn_err_resp("{\"code\":1,\"message\":\"Session ID unknown\"}")
             }
         }
     }

@@ -9,7 +9,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, TransportType};
 
 use crate::{
     DisconnectReason, body::ResponseBody, engine::EngineIo, errors::Error,
@@ -125,8 +125,14 @@ where
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
-        let rx_stream = stream::iter(peeked_packet.take())
-            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx));
+        // (Trestle patch: packets leaving the buffer leave the socket's send budget.)
+        let peeked = peeked_packet.take();
+        if let Some(p) = &peeked {
+            socket.budget.sent(p);
+        }
+        let sent = |p: &PacketBuf| socket.budget.sent(p);
+        let rx_stream = stream::iter(peeked)
+            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &sent));
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -148,6 +154,9 @@ where
 
     // set back the peeked packet so it can be read again
     // on the next polling request
+    if let Some(p) = &peeked {
+        socket.budget.add(p);
+    }
     rx.peeked_packet = peeked;
 
     #[cfg(feature = "tracing")]
@@ -182,7 +191,11 @@ where
     let packets = payload::decoder(body, content_type, protocol, engine.config.max_payload);
     futures_util::pin_mut!(packets);
 
+    // Trestle patch: a payload holds at least one packet; an empty body is a bad request
+    // that ends the session, as with socket.io's engine (crates.io answered "ok").
+    let mut received = 0usize;
     while let Some(packet) = packets.next().await {
+        received += 1;
         match packet {
             Ok(Packet::Close) => {
                 #[cfg(feature = "tracing")]
@@ -216,6 +229,14 @@ where
                 return Err(e.into());
             }
         }?;
+    }
+    if received == 0 {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(%sid, "empty polling payload, closing session");
+        engine.close_session(sid, DisconnectReason::PacketParsingError);
+        return Err(Error::PacketParse(
+            engineioxide_core::PacketParseError::InvalidPacketLen,
+        ));
     }
     Ok(http_response(StatusCode::OK, "ok", false))
 }
@@ -306,6 +327,8 @@ mod rx_stream {
             watch: WatchStream<'a, Option<T>>,
             #[pin]
             rx: ReceiverStream<'a, T>,
+            // Trestle patch: called for each item taken from `rx` (not for volatile ones).
+            sent: &'a (dyn Fn(&T) + Send + Sync),
         }
     }
 
@@ -313,10 +336,12 @@ mod rx_stream {
         pub fn new(
             rx: &'a mut mpsc::Receiver<T>,
             watch: &'a mut watch::Receiver<Option<T>>,
+            sent: &'a (dyn Fn(&T) + Send + Sync),
         ) -> Self {
             Self {
                 rx: ReceiverStream::new(rx),
                 watch: WatchStream::new(watch),
+                sent,
             }
         }
     }
@@ -329,7 +354,12 @@ mod rx_stream {
             // low priority: poll the watch stream first, then the rx stream.
             // same than with ws transport
             match this.rx.poll_next(cx) {
-                Poll::Ready(v) => Poll::Ready(v),
+                Poll::Ready(v) => {
+                    if let Some(v) = &v {
+                        (this.sent)(v);
+                    }
+                    Poll::Ready(v)
+                }
                 Poll::Pending => match this.watch.poll_next(cx) {
                     Poll::Ready(Some(v)) => Poll::Ready(v),
                     Poll::Ready(None) | Poll::Pending => Poll::Pending,

@@ -167,7 +167,7 @@ where
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket_until_abandoned::<H, S>(socket.clone(), tx));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -248,6 +248,35 @@ where
     Ok(())
 }
 
+/// Trestle patch: how long a closed session's writer may still flush what was queued
+/// (a DISCONNECT or close packet) before it gives up on the connection.
+const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Trestle patch: [`forward_to_socket`], abandoned [`CLOSE_FLUSH_TIMEOUT`] after the session
+/// is closed. On crates.io a writer blocked on a client that stops reading (its TCP window
+/// full) never saw the cancellation: it kept the `internal_rx` lock, so the session's
+/// close never reached the handler and the connection was never dropped.
+async fn forward_to_socket_until_abandoned<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let token = socket.cancellation_token.clone();
+    let abandon = async move {
+        token.cancelled().await;
+        tokio::time::sleep(CLOSE_FLUSH_TIMEOUT).await;
+    };
+    tokio::select! {
+        biased;
+        _ = forward_to_socket::<H, S>(socket.clone(), tx) => {}
+        _ = abandon => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "ws writer abandoned: the client does not read");
+        }
+    }
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
@@ -313,10 +342,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             items = buffered_rx.recv() => {
                 match items {
                     Some(packets) => {
+                        socket.budget.sent(&packets);
                         for item in packets {
                             map_fn!(item);
                         }
                         while let Ok(packets) = buffered_rx.try_recv() {
+                            socket.budget.sent(&packets);
                             for item in packets {
                                 map_fn!(item);
                             }
@@ -406,9 +437,11 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
+    let noop: engineioxide_core::PacketBuf = smallvec![Packet::Noop];
+    socket.budget.add(&noop);
     socket
         .internal_tx
-        .send(smallvec![Packet::Noop])
+        .send(noop)
         .await
         .map_err(|_| Error::Upgrade)?;
 
