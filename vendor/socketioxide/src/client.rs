@@ -141,6 +141,36 @@ impl<A: Adapter> Client<A> {
         );
     }
 
+    /// Trestle patch: closes the connection when the attachments of the binary packet that
+    /// just started have not all arrived within `packet_completion_timeout`. On crates.io
+    /// the timeout was only checked when a further attachment came, so a client that
+    /// declared one and never sent it held the partial packet, and the connection, for ever.
+    fn spawn_completion_timeout(&self, socket: Arc<EIoSocket<SocketData<A>>>) {
+        let started = |socket: &EIoSocket<SocketData<A>>| {
+            socket
+                .data
+                .parser_state
+                .partial_bin_packet
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|p| p.initial_packet_recv)
+        };
+        let Some(at) = started(&socket) else { return };
+        let timeout = self.config.parse_config.packet_completion_timeout;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {}
+                _ = socket.closed() => return,
+            }
+            if started(&socket) == Some(at) {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "binary attachments did not arrive in time");
+                socket.close(EIoDisconnectReason::PacketParsingError);
+            }
+        });
+    }
+
     /// Adds a new namespace handler
     pub fn add_ns<C, T>(self: Arc<Self>, path: Cow<'static, str>, callback: C) -> A::InitRes
     where
@@ -292,7 +322,10 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             msg,
         ) {
             Ok(packet) => packet,
-            Err(ParseError::NeedsMoreBinaryData) => return,
+            Err(ParseError::NeedsMoreBinaryData) => {
+                self.spawn_completion_timeout(socket);
+                return;
+            }
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("socket deserialization error: {}", _e);

@@ -204,6 +204,18 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Trestle patch: the bytes of packets that may wait for one connection; past them,
+    /// or with its packet buffer full, the connection is closed with
+    /// [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer)
+    /// instead of packets being dropped. See engineioxide's `EngineIoConfig::max_buffer_bytes`.
+    ///
+    /// Defaults to `None` (no byte bound, a full buffer refuses packets).
+    #[inline]
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: Option<usize>) -> Self {
+        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(max_buffer_bytes);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

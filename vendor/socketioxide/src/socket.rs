@@ -74,6 +74,10 @@ pub enum DisconnectReason {
 
     /// The server is being closed
     ClosingServer,
+
+    /// Trestle patch: the client did not read what was sent to it (see
+    /// [`SocketIoBuilder::max_buffer_bytes`](crate::SocketIoBuilder::max_buffer_bytes)).
+    SlowConsumer,
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -88,6 +92,7 @@ impl std::fmt::Display for DisconnectReason {
             ClientNSDisconnect => "client has manually disconnected the socket from the namespace",
             ServerNSDisconnect => "socket was forcefully disconnected from the namespace",
             ClosingServer => "server is being closed",
+            SlowConsumer => "client did not read what was sent to it",
         };
         f.write_str(str)
     }
@@ -103,6 +108,7 @@ impl From<EIoDisconnectReason> for DisconnectReason {
             EIoDisconnectReason::MultipleHttpPollingError => MultipleHttpPollingError,
             EIoDisconnectReason::PacketParsingError => PacketParsingError,
             EIoDisconnectReason::ClosingServer => ClosingServer,
+            EIoDisconnectReason::SlowConsumer => SlowConsumer,
         }
     }
 }
