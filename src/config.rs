@@ -111,10 +111,16 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_DISCONNECT_AFTER", default_value_t = 50)]
     pub rate_limit_disconnect_after: u32,
 
-    /// Packets that may wait for one slow client; past this, emits to it are dropped and
-    /// its connection ends at the next heartbeat.
-    #[arg(long, env = "MAX_BUFFER_PACKETS", default_value_t = 1024)]
+    /// Packets that may wait for one client that reads slowly; one more closes its
+    /// connection (`slow_consumer`), as does going past `MAX_BUFFER_BYTES`.
+    #[arg(long, env = "MAX_BUFFER_PACKETS", default_value_t = 4096)]
     pub max_buffer_packets: usize,
+
+    /// Bytes of messages that may wait for one client that reads slowly; past them its
+    /// connection is closed (`slow_consumer`) rather than messages being dropped, and the
+    /// client reconnects. 0: no byte bound, and a full packet buffer drops emits instead.
+    #[arg(long, env = "MAX_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_buffer_bytes: usize,
 
     /// Most header lines in one HTTP request; more is refused (431).
     #[arg(long, env = "HTTP_MAX_HEADERS", default_value_t = 100)]

@@ -292,6 +292,7 @@ fn disconnect_label(reason: DisconnectReason) -> &'static str {
         DisconnectReason::ClientNSDisconnect => "client_disconnect",
         DisconnectReason::ServerNSDisconnect => "server_disconnect",
         DisconnectReason::ClosingServer => "server_shutdown",
+        DisconnectReason::SlowConsumer => "slow_consumer",
     }
 }
 

@@ -24,6 +24,7 @@ pub const DISCONNECT_REASONS: &[&str] = &[
     "client_disconnect",
     "server_disconnect",
     "server_shutdown",
+    "slow_consumer",
 ];
 
 const METADATA: Metadata<'static> = Metadata::new("trestle", Level::INFO, None);

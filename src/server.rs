@@ -148,13 +148,16 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
         // Every idle connection keeps this buffer; 1 KiB saves about 3 KB per socket and
         // larger messages still arrive whole (the buffer grows as needed).
         .ws_read_buffer_size(1024)
-        // Packets waiting for a slow client. Past this, emits to that socket fail (typing
-        // relays are volatile and simply dropped) and so does the engine's next heartbeat
-        // ping, which ends the connection. A reconnect storm is a burst: 500 users coming
-        // online in one 5,000-socket project send each socket 500 `status_change`s at once,
-        // and 256 dropped 6% of the sockets; the queue grows only when used, so an idle
-        // socket costs nothing for the larger bound.
+        // What may wait for a client that reads slowly, in packets and in bytes. Past
+        // either, the engine closes the connection (`slow_consumer`; the patched engine,
+        // vendor/README.md): a client that lost messages silently would show stale state,
+        // one that is dropped reconnects and reloads. Typing relays are volatile and never
+        // count. A reconnect storm is a burst (500 users coming online in one project send
+        // each socket 500 `status_change`s at once), and the queue grows only when used,
+        // so an idle socket costs nothing for a generous packet bound; the byte bound is
+        // what caps the memory one stuck client can hold.
         .max_buffer_size(cfg.max_buffer_packets)
+        .max_buffer_bytes((cfg.max_buffer_bytes > 0).then_some(cfg.max_buffer_bytes))
         // Binary packets: how many attachments one may declare, how many bytes they hold
         // in all, and how long the server waits for the rest of them.
         .with_parser(

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { API_KEY, apiEmit, connectAs, emitAck, httpGet, signToken, startServer, uniq } from './helpers.mjs';
+import { API_KEY, apiEmit, connectAs, emitAck, httpGet, rawRequest, signToken, startServer, uniq } from './helpers.mjs';
 
 const servers = [];
 after(() => Promise.all(servers.map((s) => s.stop())));
@@ -99,13 +99,18 @@ describe('heartbeat', () => {
   });
 });
 
+/** trestle_disconnects_total for `reason`, from /metrics. */
+async function disconnectsFor(server, reason) {
+  const text = (await httpGet(server, '/metrics')).text;
+  return Number(new RegExp(`^trestle_disconnects_total\\{reason="${reason}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+}
+
 describe('slow consumer', () => {
-  // KNOWN FAILURE (todo) as of 2026-11-22: memory stays bounded (RSS +27 MiB while 1.8 GB
-  // went to the room) and the other reader's round trip stays under 10 ms, but the stuck
-  // client is never disconnected: emits to it are dropped once its buffer is full, and the
-  // heartbeat does not end it either. Issue 7.
-  test('a client that stops reading in a busy room is disconnected, server memory stays bounded, others keep their latency', { todo: 'the stuck client is not disconnected yet; issue 7' }, async (t) => {
-    const server = await start({ PING_INTERVAL_MS: 1000, PING_TIMEOUT_MS: 1000 });
+  // Heartbeats far apart, so that only the send bound can end the stuck client.
+  const SLOW_ENV = { PING_INTERVAL_MS: 25_000, PING_TIMEOUT_MS: 20_000 };
+
+  test('a client that stops reading in a busy room is disconnected (slow_consumer), server memory stays bounded, others keep their latency', async (t) => {
+    const server = await start(SLOW_ENV);
     const p = uniq('p');
     const room = `project:${p}`;
     const reader = await connectAs(server, { userId: uniq('r'), projects: [p] });
@@ -118,28 +123,62 @@ describe('slow consumer', () => {
     const payload = 'x'.repeat(100_000);
     let peak = before;
     let worstRtt = 0;
-    const deadline = Date.now() + 20_000;
+    const t0 = Date.now();
+    const deadline = t0 + 20_000;
     let sent = 0;
     while (!gone && Date.now() < deadline) {
       for (let i = 0; i < 20; i++) await apiEmit(server, { rooms: [room], event: 'busy', data: payload }, API_KEY);
       sent += 20;
-      const t0 = Date.now();
+      const r0 = Date.now();
       // typing_stop is acked and not rate-limited: a round trip through the server.
       assert.equal((await emitAck(reader, 'typing_stop', { room: `${room}:comments` })).success, true);
-      worstRtt = Math.max(worstRtt, Date.now() - t0);
+      worstRtt = Math.max(worstRtt, Date.now() - r0);
       peak = Math.max(peak, rssMiB(server.proc.pid));
       gone = (await connectedSockets(server)) === 1;
     }
+    const took = Date.now() - t0;
     stuck.destroy();
-    t.diagnostic(`RSS before ${before.toFixed(1)} MiB, peak ${peak.toFixed(1)} MiB; ${sent} messages of 100 kB sent; reader got ${received}; worst reader round trip ${worstRtt} ms`);
+    t.diagnostic(`RSS before ${before.toFixed(1)} MiB, peak ${peak.toFixed(1)} MiB; ${sent} messages of 100 kB sent; reader got ${received}; stuck client dropped after ${took} ms; worst reader round trip ${worstRtt} ms`);
     assert.ok(gone, 'the stuck client was not disconnected within 20 s');
-    // 256 packets of 100 kB wait at most per stuck socket, plus what the kernel holds.
-    assert.ok(peak - before < 128, `server RSS grew by ${(peak - before).toFixed(1)} MiB`);
+    assert.equal(await disconnectsFor(server, 'slow_consumer'), 1, 'closed by the send bound, not by the heartbeat');
+    // MAX_BUFFER_BYTES (8 MiB) waits at most for the stuck socket, plus what the kernel
+    // and the websocket writer hold for it.
+    assert.ok(peak - before < 48, `server RSS grew by ${(peak - before).toFixed(1)} MiB`);
     assert.ok(worstRtt < 1000, `the reader's round trip reached ${worstRtt} ms`);
     assert.equal(reader.connected, true);
+    await delay(200);
+    assert.equal(received, sent, 'the reader that reads lost nothing');
     reader.close();
   });
+
+  test('a long-polling client that stops polling in a busy room is disconnected (slow_consumer)', async () => {
+    const server = await start({ ...SLOW_ENV, MAX_BUFFER_BYTES: 1_000_000 });
+    const p = uniq('p');
+    const room = `project:${p}`;
+    // Handshake and CONNECT over polling, then never poll again.
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = await httpGet(server, '/socket.io/?EIO=4&transport=polling');
+    const sid = JSON.parse(open.text.slice(1)).sid;
+    const post = await rawRequest(`${base}&sid=${sid}`, { method: 'POST', body: `40${JSON.stringify({ token: signToken({ userId: uniq('s'), projects: [p] }) })}` });
+    assert.equal(post.status, 200);
+    await waitUntil(async () => (await connectedSockets(server)) === 1);
+    for (let i = 0; i < 30 && (await connectedSockets(server)) === 1; i++) {
+      await apiEmit(server, { rooms: [room], event: 'busy', data: 'y'.repeat(100_000) }, API_KEY);
+    }
+    assert.equal(await connectedSockets(server), 0, 'still connected after 3 MB were queued for it');
+    assert.equal(await disconnectsFor(server, 'slow_consumer'), 1);
+    const poll = await rawRequest(`${base}&sid=${sid}`);
+    assert.equal(poll.status, 400, 'its session is gone');
+  });
 });
+
+async function waitUntil(check, ms = 3000) {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await delay(20);
+  }
+}
 
 describe('reconnect storm', () => {
   test('5,000 clients connecting at once (as after an outage) all succeed', async (t) => {
