@@ -347,10 +347,10 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22: `421["join_room","project:1"]x` is accepted as if the
-  // trailing `x` were not there (ack {success: true, room: "project:1"}); Node's parser
-  // (JSON.parse of the whole rest) rejects it and closes the connection.
-  test('4b. valid JSON followed by garbage is not a valid packet: refused or closed, never processed', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
+  // Node's parser (JSON.parse of the whole rest) rejects these and closes the connection;
+  // the crates.io parser processed them as if the trailing text were not there
+  // (vendor/README.md, fix 6).
+  test('4b. valid JSON followed by garbage is not a valid packet: refused or closed, never processed', async () => {
     const sc = await scene(server);
     for (const frame of ['421["join_room","project:1"]x', '421["join_room","project:1"]{}', '421["join_room","project:1"]]']) {
       const a = await openWs(server, { ...sc.attacker, projects: [sc.p, 1] });
@@ -442,12 +442,10 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22: socketioxide-parser-common ignores `num` and hands out
-  // attachments in the order they arrived, so `{"_placeholder":true,"num":1}` (or 5) with a
-  // single attachment is accepted as attachment 0: ack {success: true, receivedBytes: 3} and
-  // the upload stores the 3 bytes. Node's parser rejects a num outside the attachments and
-  // closes the connection.
-  test('7b. a binary placeholder whose num is out of range is refused or closed; the chunk is not stored', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
+  // The crates.io parser ignored `num` and handed out attachments in arrival order, so
+  // num 1 (or 5) with a single attachment stored that attachment (vendor/README.md, fix 7).
+  // Node's parser rejects a num outside the attachments and closes the connection.
+  test('7b. a binary placeholder whose num is out of range is refused or closed; the chunk is not stored', async () => {
     const sc = await scene(server);
     for (const num of [1, 5, 2 ** 31]) {
       const claims = { ...sc.attacker, userId: uniq('ph') };
@@ -484,11 +482,9 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22: the connection stays open indefinitely (seen open
-  // after 90 s, answering pings) with the partial packet held. socketioxide checks
-  // packet_completion_timeout (10 s) only when a further binary frame arrives, so a client
-  // that never sends one is never closed.
-  test('9. a declared attachment that never comes: the connection is closed within ~10 s', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
+  // crates.io socketioxide checked packet_completion_timeout (10 s) only when a further
+  // binary frame arrived, so this connection stayed open indefinitely (vendor/README.md, fix 5).
+  test('9. a declared attachment that never comes: the connection is closed within ~10 s', async () => {
     const sc = await scene(server);
     const before = await metrics(server);
     const a = await openWs(server, sc.attacker);
@@ -527,9 +523,8 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22: the code is a string, e.g.
-  // {"code":"1","message":"Session ID unknown"}; engine.io sends {"code":1,...}.
-  test('12b. engine.io error bodies carry numeric codes, as engine.io sends them', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
+  // crates.io engineioxide sent string codes, {"code":"1",...} (vendor/README.md, fix 3).
+  test('12b. engine.io error bodies carry numeric codes, as engine.io sends them', async () => {
     const sc = await scene(server);
     const cases = [
       ['/socket.io/?EIO=4&transport=polling&sid=nope', 1, 'Session ID unknown'],
@@ -767,10 +762,9 @@ describe('default limits', () => {
     await assertUnharmed(server, sc);
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22: an empty POST body is answered 200 "ok" and ignored;
-  // the session stays open (the next GET is held as a live long-poll). An engine.io payload
-  // holds at least one packet; Node's parser decodes "" as an error packet and closes.
-  test('21c. polling: an empty POST body ends the session', { todo: 'known failure in the engine or parser (see above); issue 7' }, async () => {
+  // An engine.io payload holds at least one packet; Node's parser decodes "" as an error
+  // packet and closes. crates.io engineioxide answered "ok" (vendor/README.md, fix 4).
+  test('21c. polling: an empty POST body ends the session', async () => {
     const sc = await scene(server);
     const s = await openPolling(server, sc.attacker);
     const res = await s.post('');
@@ -855,14 +849,11 @@ describe('RATE_LIMIT_PER_MINUTE=0 (rate limit off)', () => {
     server = await start({ RATE_LIMIT_PER_MINUTE: 0 });
   });
 
-  // KNOWN FAILURE (todo) as of 2026-11-22 (the last assertion only): 4,000 to 5,200 of the
-  // 10,000 events are never answered (varies by run; /metrics counts all 9,800 refusals)
-  // while the connection stays open: the answers overflow the send buffer
-  // (MAX_BUFFER_PACKETS) and are dropped. socketioxide's Socket::disconnect refuses to act
-  // while that buffer is full (it must queue a DISCONNECT packet first), so the server
-  // cannot close such a client either; needs engine-level work. The rooms cap, memory and
-  // the server hold.
-  test('17b. 10,000 join_room of distinct rooms: MAX_ROOMS_PER_SOCKET (200) bounds them; every one is answered or the flooder is closed', { todo: 'known failure: answers dropped when the send buffer is full (see above); issue 7' }, async () => {
+  // With crates.io socketioxide, 4,000 to 5,200 of the 10,000 answers overflowed the send
+  // buffer and were dropped while the connection stayed open. Now a socket whose answers
+  // cannot be queued is closed as a slow consumer (vendor/README.md, fix 2), or, within
+  // MAX_BUFFER_PACKETS and MAX_BUFFER_BYTES, gets every answer.
+  test('17b. 10,000 join_room of distinct rooms: MAX_ROOMS_PER_SOCKET (200) bounds them; every one is answered or the flooder is closed', async (t) => {
     const sc = await scene(server);
     const before = await metrics(server);
     const rss0 = rss(server);
@@ -894,6 +885,7 @@ describe('RATE_LIMIT_PER_MINUTE=0 (rate limit off)', () => {
     const grown = rss(server) - rss0;
     assert.ok(grown < 64 * 2 ** 20, `RSS grew by ${grown} bytes`);
     await assertUnharmed(server, sc);
+    t.diagnostic(`${acks.size} of ${N} answered; flooder ${a.isClosed ? 'closed' : 'still connected'}; slow_consumer closes: ${delta(before, after, disconnects('slow_consumer'))}`);
     // every event gets an answer, or the connection is closed (CONTRACT section 3)
     assert.ok(a.isClosed || acks.size === N, `${N - acks.size} of ${N} events were never answered and the connection is still open`);
   });
