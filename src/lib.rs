@@ -25,6 +25,9 @@
 //! - [`store`]: the SQLite or PostgreSQL store of comments, offline messages, document
 //!   metadata and uploads; [`store::Objects`], the document bytes (object_store).
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.
+//! - `vendor/`: socketioxide, engineioxide and the common parser with Trestle's fixes
+//!   (the send bound that disconnects slow consumers, parser and engine strictness),
+//!   patched in from the root `Cargo.toml`; `vendor/README.md` lists each fix.
 
 pub mod access;
 pub mod auth;
