@@ -20,6 +20,7 @@ import {
   emitAck,
   flush,
   httpGet,
+  metrics,
   rawRequest,
   record,
   serverPool,
@@ -198,18 +199,6 @@ async function pollingClosed(s, ms = 1500) {
   if (res === null) return false; // a long-poll that waited: the session is alive
   if (res.status === 400) return true;
   return res.text.split('\x1e').includes('1');
-}
-
-/** GET /metrics as { 'name{labels}': value }. */
-async function metrics(server) {
-  const res = await httpGet(server, '/metrics');
-  assert.equal(res.status, 200);
-  const out = {};
-  for (const line of res.text.split('\n')) {
-    const m = /^([A-Za-z_:][\w:]*(?:\{[^}]*\})?)\s+(\S+)$/.exec(line);
-    if (m) out[m[1]] = Number(m[2]);
-  }
-  return out;
 }
 
 /** Counter increase of `key` between two snapshots (the counter must exist: a renamed one must not pass as 0). */

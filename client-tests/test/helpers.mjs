@@ -415,6 +415,18 @@ export function rawRequest(url, { method = 'GET', headers = {}, body, timeoutMs 
 
 export const httpGet = (server, p) => rawRequest(`${server.url}${p}`);
 
+/** GET /metrics as { 'name{labels}': value }. */
+export async function metrics(server) {
+  const res = await httpGet(server, '/metrics');
+  assert.equal(res.status, 200);
+  const out = {};
+  for (const line of res.text.split('\n')) {
+    const m = /^([A-Za-z_:][\w:]*(?:\{[^}]*\})?)\s+(\S+)$/.exec(line);
+    if (m) out[m[1]] = Number(m[2]);
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------ assertions
 
 export function assertErrorAck(ack, code) {

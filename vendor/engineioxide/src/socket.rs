@@ -130,11 +130,10 @@ impl SendBudget {
             .sum()
     }
 
-    /// Counts `packets` as queued if they fit: a socket with nothing queued always takes
+    /// Counts `n` bytes as queued if they fit: a socket with nothing queued always takes
     /// one more buffer, so a single large packet is never refused by itself.
-    fn try_take(&self, packets: &PacketBuf) -> bool {
+    fn try_take(&self, n: usize) -> bool {
         let Some(max) = self.max else { return true };
-        let n = Self::len_of(packets);
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before > 0 && before + n > max {
             self.release(n);
@@ -143,33 +142,28 @@ impl SendBudget {
         true
     }
 
-    /// Counts `packets` as queued, whatever the bound (heartbeat and control packets).
-    pub(crate) fn add(&self, packets: &PacketBuf) {
+    /// Counts `n` bytes as queued, whatever the bound (control packets, a packet put back).
+    pub(crate) fn add(&self, n: usize) {
         if self.max.is_some() {
+            self.queued.fetch_add(n, Ordering::AcqRel);
+        }
+    }
+
+    /// `n` bytes left the queue: sent to the transport, or not queued after all.
+    pub(crate) fn release(&self, n: usize) {
+        if self.max.is_some() {
+            // Saturating: a miscount must never wrap into a huge queue.
             self.queued
-                .fetch_add(Self::len_of(packets), Ordering::AcqRel);
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    Some(q.saturating_sub(n))
+                })
+                .ok();
         }
     }
 
-    /// Packets left the queue for the transport.
+    /// `packets` left the queue for the transport.
     pub(crate) fn sent(&self, packets: &PacketBuf) {
-        self.release_len(Self::len_of(packets));
-    }
-
-    /// Gives back `n` bytes counted by `try_take` or `add` that were not queued after all.
-    pub(crate) fn release_len(&self, n: usize) {
-        if self.max.is_some() {
-            self.release(n);
-        }
-    }
-
-    fn release(&self, n: usize) {
-        // Saturating: a miscount must never wrap into a huge queue.
-        self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(n))
-            })
-            .ok();
+        self.release(Self::len_of(packets));
     }
 
     /// Whether a full buffer or an exceeded bound closes the socket.
@@ -205,7 +199,7 @@ impl Permit<'_> {
     /// Trestle patch: sends within the socket's byte budget, else closes it as a slow
     /// consumer (the packets are dropped with the connection).
     fn send(self, packets: PacketBuf) {
-        if self.budget.try_take(&packets) {
+        if self.budget.try_take(SendBudget::len_of(&packets)) {
             self.inner.send(packets);
         } else {
             drop(self.inner);
@@ -390,13 +384,13 @@ where
         tracing::debug!(?packet, "sending packet");
 
         let mut packets: PacketBuf = smallvec![packet];
-        if !self.budget.try_take(&packets) {
+        let len = SendBudget::len_of(&packets);
+        if !self.budget.try_take(len) {
             self.close_slow_consumer();
             return Err(TrySendError::Full(packets.pop().unwrap()));
         }
-        let len = SendBudget::len_of(&packets);
         self.internal_tx.try_send(packets).map_err(|p| {
-            self.budget.release_len(len);
+            self.budget.release(len);
             match p {
                 TrySendError::Full(mut p) => {
                     self.close_slow_consumer();
@@ -413,10 +407,10 @@ where
     pub(crate) fn send_control(&self, packet: Packet) -> Result<(), TrySendError<PacketBuf>> {
         let packets: PacketBuf = smallvec![packet];
         let len = SendBudget::len_of(&packets);
-        self.budget.add(&packets);
+        self.budget.add(len);
         self.internal_tx
             .try_send(packets)
-            .inspect_err(|_| self.budget.release_len(len))
+            .inspect_err(|_| self.budget.release(len))
     }
 
     /// Trestle patch: closes a socket that does not read what is sent to it, when the

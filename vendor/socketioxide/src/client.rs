@@ -145,25 +145,19 @@ impl<A: Adapter> Client<A> {
     /// just started have not all arrived within `packet_completion_timeout`. On crates.io
     /// the timeout was only checked when a further attachment came, so a client that
     /// declared one and never sent it held the partial packet, and the connection, for ever.
-    fn spawn_completion_timeout(&self, socket: Arc<EIoSocket<SocketData<A>>>) {
-        let started = |socket: &EIoSocket<SocketData<A>>| {
-            socket
-                .data
-                .parser_state
-                .partial_bin_packet
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|p| p.initial_packet_recv)
-        };
-        let Some(at) = started(&socket) else { return };
+    ///
+    /// Built like the connect timeout: the timer ends as soon as `on_binary` drops the
+    /// sender it keeps in [`SocketData::attachments_tx`] (the packet is complete or
+    /// refused), or the socket is gone.
+    fn spawn_completion_timeout(&self, socket: &Arc<EIoSocket<SocketData<A>>>) {
+        let (tx, rx) = oneshot::channel::<()>();
+        socket.data.attachments_tx.lock().unwrap().replace(tx);
         let timeout = self.config.parse_config.packet_completion_timeout;
+        let socket = Arc::downgrade(socket);
         tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(timeout) => {}
-                _ = socket.closed() => return,
-            }
-            if started(&socket) == Some(at) {
+            if tokio::time::timeout(timeout, rx).await.is_err()
+                && let Some(socket) = socket.upgrade()
+            {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = ?socket.id, "binary attachments did not arrive in time");
                 socket.close(EIoDisconnectReason::PacketParsingError);
@@ -249,6 +243,10 @@ pub struct SocketData<A: Adapter> {
 
     /// Used to store the [`SocketIo`] instance so it can be accessed by any sockets
     pub io: OnceLock<SocketIo<A>>,
+
+    /// Trestle patch: dropped when the binary packet being received is complete or
+    /// refused, which ends its completion timer.
+    pub attachments_tx: Mutex<Option<oneshot::Sender<()>>>,
 }
 impl<A: Adapter> Default for SocketData<A> {
     fn default() -> Self {
@@ -256,6 +254,7 @@ impl<A: Adapter> Default for SocketData<A> {
             parser_state: ParserState::default(),
             connect_recv_tx: Mutex::new(None),
             io: OnceLock::new(),
+            attachments_tx: Mutex::new(None),
         }
     }
 }
@@ -323,7 +322,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
         ) {
             Ok(packet) => packet,
             Err(ParseError::NeedsMoreBinaryData) => {
-                self.spawn_completion_timeout(socket);
+                self.spawn_completion_timeout(&socket);
                 return;
             }
             Err(_e) => {
@@ -362,11 +361,16 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<EIoSocket<SocketData<A>>>) {
         #[cfg(feature = "tracing")]
         tracing::debug!("received binary: {:?}", &data);
-        let packet = match self.parser().decode_bin(
+        let packet = self.parser().decode_bin(
             &self.config.parse_config,
             &socket.data.parser_state,
             data,
-        ) {
+        );
+        if !matches!(packet, Err(ParseError::NeedsMoreBinaryData)) {
+            // Trestle patch: the partial packet is complete or refused: end its timer.
+            socket.data.attachments_tx.lock().unwrap().take();
+        }
+        let packet = match packet {
             Ok(packet) => packet,
             Err(ParseError::NeedsMoreBinaryData) => return,
             Err(_e) => {

@@ -13,7 +13,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, TransportType};
 
 use crate::{
     DisconnectReason, body::ResponseBody, engine::EngineIo, errors::Error,
-    handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    handler::EngineIoHandler, socket::{InternalRx, SendBudget}, transport::make_open_packet,
 };
 
 /// Create a response for http request
@@ -155,7 +155,7 @@ where
     // set back the peeked packet so it can be read again
     // on the next polling request
     if let Some(p) = &peeked {
-        socket.budget.add(p);
+        socket.budget.add(SendBudget::len_of(p));
     }
     rx.peeked_packet = peeked;
 

@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, socket::{InternalRx, SendBudget}, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -438,7 +438,7 @@ where
 
     // We send a last Noop request to close a potential waiting polling request.
     let noop: engineioxide_core::PacketBuf = smallvec![Packet::Noop];
-    socket.budget.add(&noop);
+    socket.budget.add(SendBudget::len_of(&noop));
     socket
         .internal_tx
         .send(noop)
