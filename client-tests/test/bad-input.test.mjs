@@ -207,6 +207,30 @@ function delta(before, after, key) {
   return after[key] - (before[key] ?? 0);
 }
 const disconnects = (reason) => `trestle_disconnects_total{reason="${reason}"}`;
+
+/** Every disconnect counter's increase, for assertion messages. */
+function disconnectDeltas(before, after) {
+  const keys = Object.keys(after).filter((k) => k.startsWith('trestle_disconnects_total'));
+  return JSON.stringify(Object.fromEntries(keys.map((k) => [k, after[k] - (before[k] ?? 0)]).filter(([, d]) => d)));
+}
+
+/**
+ * /metrics once the server has counted at least `n` disconnects with one of `reasons`
+ * since `before` (or after `timeoutMs`). A client sees its connection close before the
+ * server's disconnect handler has counted it, so reading /metrics right after a close
+ * races with that handler. The caller still asserts the exact count: more than `n`, or
+ * fewer once the wait is over, fails.
+ */
+async function metricsAfterDisconnects(server, before, reasons, n, timeoutMs = 3000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = await metrics(server);
+    const counted = reasons.reduce((sum, r) => sum + (m[disconnects(r)] ?? 0) - (before[disconnects(r)] ?? 0), 0);
+    if (counted >= n || Date.now() > deadline) return m;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 const errorsFor = (code) => `trestle_event_errors_total{code="${code}"}`;
 const UNKNOWN_EVENTS = 'trestle_events_received_total{event="unknown"}';
 
@@ -290,7 +314,7 @@ describe('default limits', () => {
         lefts.events.length = 0;
       }
     }
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['parse_error'], closed);
     assert.equal(delta(before, after, errorsFor('INVALID_PAYLOAD')), answered);
     assert.equal(delta(before, after, UNKNOWN_EVENTS), answered);
     assert.equal(delta(before, after, disconnects('parse_error')), closed);
@@ -306,7 +330,7 @@ describe('default limits', () => {
     const s = await openPolling(server, sc.attacker);
     await s.post('4abc');
     assert.ok(await pollingClosed(s), 'polling session closed');
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['parse_error'], 2);
     assert.equal(delta(before, after, disconnects('parse_error')), 2);
     await assertUnharmed(server, sc);
   });
@@ -331,7 +355,7 @@ describe('default limits', () => {
       a.send(frame);
       assert.ok(await a.cutOff(), `${frame}: closed`);
     }
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['parse_error'], frames.length);
     assert.equal(delta(before, after, disconnects('parse_error')), frames.length);
     await assertUnharmed(server, sc);
   });
@@ -389,7 +413,7 @@ describe('default limits', () => {
       a.send(bytes, { binary: false });
       assert.ok(await a.cutOff(), 'closed');
     }
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['transport_error', 'parse_error'], 2);
     // a server-detected error, not a client that went away
     assert.equal(delta(before, after, disconnects('transport_error')) + delta(before, after, disconnects('parse_error')), 2);
     await assertUnharmed(server, sc);
@@ -466,7 +490,7 @@ describe('default limits', () => {
     const out = await a.outcome(1);
     assert.equal(out.kind, 'ack');
     assertErrorAck(out.value, 'INVALID_PAYLOAD');
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['parse_error'], 3);
     assert.equal(delta(before, after, disconnects('parse_error')), 3);
     await assertUnharmed(server, sc);
   });
@@ -481,7 +505,7 @@ describe('default limits', () => {
     // meanwhile the bystander is served as usual
     await assertUnharmed(server, sc);
     assert.ok(await a.cutOff(12_000), 'closed within 12 s');
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['parse_error', 'transport_error'], 1);
     assert.equal(delta(before, after, disconnects('parse_error')) + delta(before, after, disconnects('transport_error')), 1);
     await assertUnharmed(server, sc);
   });
@@ -575,7 +599,7 @@ describe('default limits', () => {
     const ok = g1.status === 200 ? g1 : g2;
     assert.ok(ok.text.split('\x1e').includes('1'), `the waiting poll gets the close packet: ${ok.text}`);
     assert.ok(await pollingClosed(s), 'the session is gone');
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['multiple_polling'], 1);
     assert.equal(delta(before, after, disconnects('multiple_polling')), 1);
     await assertUnharmed(server, sc);
   });
@@ -612,7 +636,7 @@ describe('default limits', () => {
       if (i < ok) assert.equal(ack.success, true);
       else assertErrorAck(ack, 'RATE_LIMITED');
     }
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['server_disconnect'], 1);
     assert.ok(delta(before, after, 'trestle_events_received_total{event="join_room"}') >= 150);
     assert.ok(delta(before, after, 'trestle_rate_limited_total') >= 50);
     assert.equal(delta(before, after, 'trestle_rate_limit_disconnects_total'), 1);
@@ -733,9 +757,9 @@ describe('default limits', () => {
       else a.send(f);
       assert.ok(await a.cutOff(), `${JSON.stringify(String(f))}: closed`);
     }
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['transport_close', 'parse_error'], frames.length);
     assert.equal(delta(before, after, disconnects('transport_close')), 1, 'the engine close packet is a normal close');
-    assert.equal(delta(before, after, disconnects('parse_error')), frames.length - 1, 'the others are parse errors');
+    assert.equal(delta(before, after, disconnects('parse_error')), frames.length - 1, `the others are parse errors: ${disconnectDeltas(before, after)}`);
     await flush(server, sc.bystander);
     assert.deepEqual(lefts.events, []); // nobody had joined a room with join_room
     await assertUnharmed(server, sc);
@@ -794,9 +818,9 @@ describe('MAX_MESSAGE_BYTES=10000', () => {
     assert.ok([413, 'ECONNRESET', 'EPIPE'].includes(chunked), `chunked: ${chunked}`);
     assert.ok(await pollingClosed(t), 'chunked: session closed');
 
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['transport_error', 'parse_error'], 2);
     const serverSide = ['transport_error', 'parse_error'].reduce((n, r) => n + delta(before, after, disconnects(r)), 0);
-    assert.equal(serverSide, 2, JSON.stringify(Object.fromEntries(Object.keys(after).filter((k) => k.startsWith('trestle_disconnects')).map((k) => [k, delta(before, after, k)]))));
+    assert.equal(serverSide, 2, disconnectDeltas(before, after));
     assert.equal(delta(before, after, errorsFor('INVALID_ROOM')), 0, 'never processed');
     await assertUnharmed(server, sc);
   });
@@ -822,7 +846,7 @@ describe('MAX_MESSAGE_BYTES=10000', () => {
     c.sendBinary(Buffer.alloc(20_000));
     assert.ok(await c.cutOff(), 'binary: closed');
 
-    const after = await metrics(server);
+    const after = await metricsAfterDisconnects(server, before, ['transport_error', 'parse_error'], 3);
     const serverSide = ['transport_error', 'parse_error'].reduce((n, r) => n + delta(before, after, disconnects(r)), 0);
     assert.equal(serverSide, 3);
     assert.equal(delta(before, after, errorsFor('INVALID_ROOM')), 0, 'never processed');

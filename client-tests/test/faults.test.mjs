@@ -98,9 +98,16 @@ describe('heartbeat', () => {
   });
 });
 
-/** trestle_disconnects_total for `reason`, from /metrics. */
-async function disconnectsFor(server, reason) {
-  return (await metrics(server))[`trestle_disconnects_total{reason="${reason}"}`];
+/**
+ * trestle_disconnects_total for `reason`, from /metrics, once it reaches `atLeast` or
+ * 3 s have passed. The socket leaves trestle_connected_sockets before its disconnect
+ * handler (spawned by socketioxide) counts the reason, so a read right after it went
+ * away can come too early; the caller asserts the exact value.
+ */
+async function disconnectsFor(server, reason, atLeast = 1) {
+  const read = async () => (await metrics(server))[`trestle_disconnects_total{reason="${reason}"}`];
+  await waitUntil(async () => (await read()) >= atLeast).catch(() => {});
+  return read();
 }
 
 describe('slow consumer', () => {
@@ -113,7 +120,7 @@ describe('slow consumer', () => {
     const room = `project:${p}`;
     const reader = await connectAs(server, { userId: uniq('r'), projects: [p] });
     const stuck = await stuckClient(server, { userId: uniq('s'), projects: [p] });
-    assert.equal(await connectedSockets(server), 2);
+    await waitUntil(async () => (await connectedSockets(server)) === 2);
     let gone = false;
     const before = rssMiB(server.proc.pid);
     let received = 0;
