@@ -34,9 +34,28 @@ const { start } = serverPool(after);
 // ------------------------------------------------------------------ local helpers
 
 const cleanups = [];
-afterEach(() => {
+
+/**
+ * The end of each test (afterEach in every describe): closes what the test opened, then
+ * waits until the server has counted every disconnect, so that none of them lands in
+ * the next test's counter deltas. socketioxide spawns the disconnect handler that counts
+ * a reason after the socket has left trestle_connected_sockets, so "no socket left" is
+ * not enough: every connection counted in trestle_connections_total must also have been
+ * counted once in trestle_disconnects_total.
+ */
+async function cleanUp(server) {
   for (const c of cleanups.splice(0)) c();
-});
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const m = await metrics(server);
+    const gone = Object.entries(m).filter(([k]) => k.startsWith('trestle_disconnects_total')).reduce((n, [, v]) => n + v, 0);
+    if (m.trestle_connected_sockets === 0 && m.trestle_connections_total === gone) return;
+    if (Date.now() > deadline) {
+      assert.fail(`the server did not settle: ${m.trestle_connected_sockets} sockets, ${m.trestle_connections_total} connections, ${gone} disconnects`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
 
 /** A raw websocket engine.io session; answers pings, keeps every other frame. */
 class RawWs {
@@ -274,6 +293,7 @@ const rss = (server) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${se
 
 describe('default limits', () => {
   let server;
+  afterEach(() => cleanUp(server));
   before(async () => {
     server = await start();
   });
@@ -790,6 +810,7 @@ describe('default limits', () => {
 
 describe('MAX_MESSAGE_BYTES=10000', () => {
   let server;
+  afterEach(() => cleanUp(server));
   before(async () => {
     server = await start({ MAX_MESSAGE_BYTES: 10_000 });
   });
@@ -858,6 +879,7 @@ describe('MAX_MESSAGE_BYTES=10000', () => {
 
 describe('RATE_LIMIT_PER_MINUTE=0 (rate limit off)', () => {
   let server;
+  afterEach(() => cleanUp(server));
   before(async () => {
     server = await start({ RATE_LIMIT_PER_MINUTE: 0 });
   });
