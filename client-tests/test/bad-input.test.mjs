@@ -27,6 +27,7 @@ import {
   signToken,
   uniq,
   waitFor,
+  waitUntil,
 } from './helpers.mjs';
 
 const { start } = serverPool(after);
@@ -45,16 +46,16 @@ const cleanups = [];
  */
 async function cleanUp(server) {
   for (const c of cleanups.splice(0)) c();
-  const deadline = Date.now() + 5000;
-  for (;;) {
-    const m = await metrics(server);
-    const gone = Object.entries(m).filter(([k]) => k.startsWith('trestle_disconnects_total')).reduce((n, [, v]) => n + v, 0);
-    if (m.trestle_connected_sockets === 0 && m.trestle_connections_total === gone) return;
-    if (Date.now() > deadline) {
-      assert.fail(`the server did not settle: ${m.trestle_connected_sockets} sockets, ${m.trestle_connections_total} connections, ${gone} disconnects`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  let m;
+  let gone;
+  const settled = async () => {
+    m = await metrics(server);
+    gone = Object.entries(m).filter(([k]) => k.startsWith('trestle_disconnects_total')).reduce((n, [, v]) => n + v, 0);
+    return m.trestle_connected_sockets === 0 && m.trestle_connections_total === gone;
+  };
+  await waitUntil(settled, 5000).catch(() => {
+    assert.fail(`the server did not settle: ${m.trestle_connected_sockets} sockets, ${m.trestle_connections_total} connections, ${gone} disconnects`);
+  });
 }
 
 /** A raw websocket engine.io session; answers pings, keeps every other frame. */
@@ -241,13 +242,13 @@ function disconnectDeltas(before, after) {
  * fewer once the wait is over, fails.
  */
 async function metricsAfterDisconnects(server, before, reasons, n, timeoutMs = 3000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const m = await metrics(server);
-    const counted = reasons.reduce((sum, r) => sum + (m[disconnects(r)] ?? 0) - (before[disconnects(r)] ?? 0), 0);
-    if (counted >= n || Date.now() > deadline) return m;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
+  let m;
+  const counted = async () => {
+    m = await metrics(server);
+    return reasons.reduce((sum, r) => sum + (m[disconnects(r)] ?? 0) - (before[disconnects(r)] ?? 0), 0) >= n;
+  };
+  await waitUntil(counted, timeoutMs).catch(() => {});
+  return m;
 }
 
 const errorsFor = (code) => `trestle_event_errors_total{code="${code}"}`;

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { API_KEY, apiEmit, connectAs, emitAck, httpGet, metrics, rawRequest, signToken, startServer, uniq } from './helpers.mjs';
+import { API_KEY, apiEmit, connectAs, emitAck, httpGet, metrics, rawRequest, signToken, startServer, uniq, waitUntil } from './helpers.mjs';
 
 const servers = [];
 after(() => Promise.all(servers.map((s) => s.stop())));
@@ -105,9 +105,10 @@ describe('heartbeat', () => {
  * away can come too early; the caller asserts the exact value.
  */
 async function disconnectsFor(server, reason, atLeast = 1) {
-  const read = async () => (await metrics(server))[`trestle_disconnects_total{reason="${reason}"}`];
-  await waitUntil(async () => (await read()) >= atLeast).catch(() => {});
-  return read();
+  let count;
+  const reached = async () => (count = (await metrics(server))[`trestle_disconnects_total{reason="${reason}"}`]) >= atLeast;
+  await waitUntil(reached).catch(() => {});
+  return count;
 }
 
 describe('slow consumer', () => {
@@ -176,15 +177,6 @@ describe('slow consumer', () => {
     assert.equal(poll.status, 400, 'its session is gone');
   });
 });
-
-/** Resolves once `check()` holds; rejects after `ms`. */
-async function waitUntil(check, ms = 3000) {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`condition not met in ${ms} ms: ${check}`);
-    await delay(20);
-  }
-}
 
 describe('reconnect storm', () => {
   test('5,000 clients connecting at once (as after an outage) all succeed', async (t) => {

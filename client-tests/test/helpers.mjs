@@ -346,6 +346,18 @@ export function withTimeout(promise, ms, what = 'operation') {
   ]);
 }
 
+/**
+ * Resolves once `check()` (sync or async) holds, polling every 20 ms; rejects after `ms`.
+ * For state the server shows only on request, such as /metrics counters.
+ */
+export async function waitUntil(check, ms = 3000) {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`condition not met in ${ms} ms: ${check}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 // ------------------------------------------------------------------ HTTP
 
 /**
