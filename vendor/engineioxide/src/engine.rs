@@ -9,7 +9,7 @@ use http::request::Parts;
 use crate::{
     config::EngineIoConfig,
     handler::EngineIoHandler,
-    socket::{DisconnectReason, Socket},
+    socket::{CLOSE_DELIVERY_TIMEOUT, DisconnectReason, Socket},
 };
 
 type SocketMap<T> = RwLock<HashMap<Sid, Arc<T>>>;
@@ -77,6 +77,27 @@ impl<H: EngineIoHandler> EngineIo<H> {
     /// It should be the only way to close a session and to remove a socket from the socket map.
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close_session(&self, sid: Sid, reason: DisconnectReason) {
+        // Trestle patch: a polling session closed by the server stays until its client has
+        // taken the close packet (the transport then calls `close_delivered`, which closes
+        // it here) or until the wait is over (see `Socket::close`).
+        if reason == DisconnectReason::ClosingServer {
+            if let Some(socket) = self.get_socket(sid) {
+                if socket.close_waits_for_delivery() {
+                    tokio::spawn(async move {
+                        let delivered = socket.cancellation_token.cancelled();
+                        if tokio::time::timeout(CLOSE_DELIVERY_TIMEOUT, delivered)
+                            .await
+                            .is_err()
+                        {
+                            #[cfg(feature = "tracing")]
+                            tracing::debug!(sid = %socket.id, "close packet not taken in time");
+                            socket.close_delivered();
+                        }
+                    });
+                    return;
+                }
+            }
+        }
         let socket = { self.sockets.write().unwrap().remove(&sid) };
         let Some(socket) = socket else {
             #[cfg(feature = "tracing")]

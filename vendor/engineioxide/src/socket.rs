@@ -101,6 +101,16 @@ pub enum DisconnectReason {
     SlowConsumer,
 }
 
+/// Trestle patch: how long a polling session closed by the server waits for the client
+/// to take its last packets (see [`Socket::close`]). A polling client asks again as soon as
+/// a poll is answered and an upgrade takes a round trip or two; one that has not come back
+/// by then is taken to be gone.
+pub(crate) const CLOSE_DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+// Trestle patch: the values of `Socket::close_state`.
+const OPEN: u8 = 0;
+const CLOSE_WAITING: u8 = 1;
+const CLOSE_DELIVERED: u8 = 2;
+
 /// Trestle patch: the bytes of packets waiting for one socket's transport, and the bound
 /// past which the socket is closed as a slow consumer (`None`: no bound, and a full packet
 /// buffer refuses the packet, as on crates.io).
@@ -291,6 +301,10 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
+    /// Trestle patch: whether a close by the server waits for the client to take the
+    /// close packet (see [`Socket::close`]): `OPEN`, `CLOSE_WAITING` or `CLOSE_DELIVERED`.
+    close_state: AtomicU8,
+
     /// Channel to send [`PacketBuf`] to the connection
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
@@ -358,6 +372,7 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            close_state: AtomicU8::new(OPEN),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -599,14 +614,46 @@ where
 
     /// Immediately closes the socket and the underlying connection.
     /// The socket will be removed from the `Engine` and the [`Handler`](crate::handler::EngineIoHandler) will be notified.
+    ///
+    /// Trestle patch: with [`DisconnectReason::ClosingServer`], a polling session (one
+    /// being upgraded included) is closed only once the client has taken what was queued,
+    /// the close packet last: in its next poll, or over the websocket if the upgrade
+    /// finishes first; at the latest after [`CLOSE_DELIVERY_TIMEOUT`]. Closing it at once
+    /// dropped those packets whenever no poll was waiting at the server or an upgrade was
+    /// in progress (socket.io's engine waits for the next poll the same way).
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
+        // Trestle patch: set before the close packet is queued, so a transport that takes
+        // the packet sees the close waiting for it.
+        if reason == DisconnectReason::ClosingServer && self.is_http() {
+            self.close_state
+                .compare_exchange(OPEN, CLOSE_WAITING, Ordering::AcqRel, Ordering::Acquire)
+                .ok();
+        }
         // Try to send a close packet is the connection is still operational.
         // (Trestle patch: not through `send`, whose slow-consumer close would come first
         // and replace `reason`.)
         self.send_control(Packet::Close).ok();
 
         (self.close_fn)(self.id, reason);
+    }
+
+    /// Trestle patch: whether a close by the server waits for the client to take the
+    /// close packet (see [`Socket::close`]).
+    pub(crate) fn close_waits_for_delivery(&self) -> bool {
+        self.close_state.load(Ordering::Acquire) == CLOSE_WAITING
+    }
+
+    /// Trestle patch: a transport has handed the close packet to the client (or the wait
+    /// is over): a close that waited for it now completes.
+    pub(crate) fn close_delivered(&self) {
+        if self
+            .close_state
+            .compare_exchange(CLOSE_WAITING, CLOSE_DELIVERED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            (self.close_fn)(self.id, DisconnectReason::ClosingServer);
+        }
     }
 
     /// Returns true if the socket is closed
@@ -754,6 +801,7 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            close_state: AtomicU8::new(OPEN),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

@@ -300,7 +300,8 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             .read()
             .unwrap()
             .values()
-            .filter_map(|ns| ns.get_socket(socket.id).ok())
+            // Trestle patch: namespace sockets are found by their engine.io session id.
+            .filter_map(|ns| ns.get_esocket_socket(socket.id).ok())
             .collect();
 
         let _cnt = socks

@@ -906,13 +906,13 @@ mod tests {
         io.ns("/", async || {});
         let socket = Socket::<SocketData<LocalAdapter>>::new_dummy(sid, Box::new(|_, _| {}));
         socket.data.io.set(io.clone()).unwrap();
-        io.0.get_ns("/")
-            .unwrap()
-            .connect(sid, socket, None)
-            .await
-            .ok();
+        let ns = io.0.get_ns("/").unwrap();
+        ns.clone().connect(sid, socket, None).await.ok();
 
-        assert!(io.get_socket(sid).is_some());
+        // Trestle patch: the socket id is not the engine.io session id.
+        let id = ns.get_esocket_socket(sid).unwrap().id;
+        assert!(io.get_socket(id).is_some());
+        assert!(io.get_socket(sid).is_none());
         assert!(io.get_socket(Sid::new()).is_none());
     }
 }

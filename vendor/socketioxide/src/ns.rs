@@ -33,8 +33,13 @@ pub struct Namespace<A: Adapter> {
     parser: Parser,
     handler: BoxedConnectHandler<A>,
     sockets: RwLock<HashMap<Sid, Arc<Socket<A>>>>,
-    /// The ids of the sockets that are connecting to this namespace, but which are not yet
-    /// in [`Self::sockets`] because their middlewares are still running.
+    /// Trestle patch: the socket id of each engine.io session connected to this namespace.
+    /// A socket gets its own random id, as with socket.io v3+: the socket id is public
+    /// (the CONNECT answer, rooms, logs) while the engine session id is a credential:
+    /// whoever knows it can post and poll packets as that session over long-polling.
+    esids: RwLock<HashMap<Sid, Sid>>,
+    /// The engine.io session ids of the sockets that are connecting to this namespace, but which
+    /// are not yet in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
 }
 
@@ -49,7 +54,8 @@ impl<'a, A: Adapter> ConnectingGuard<'a, A> {
         let mut connecting = ns.connecting.lock().unwrap();
         // A socket is inserted in `sockets` before its guard is dropped, so it is
         // always found in at least one of them when the connection is in progress or done.
-        if ns.sockets.read().unwrap().contains_key(&sid) || !connecting.insert(sid) {
+        // Trestle patch: looked up by engine.io session id (`sockets` is keyed by socket id).
+        if ns.esids.read().unwrap().contains_key(&sid) || !connecting.insert(sid) {
             return None;
         }
         Some(Self { ns, sid })
@@ -112,6 +118,7 @@ impl<A: Adapter> Namespace<A> {
             handler,
             parser,
             sockets: HashMap::new().into(),
+            esids: HashMap::new().into(), // Trestle patch
             connecting: HashSet::new().into(),
             adapter: Arc::new(A::new(
                 adapter_state,
@@ -129,17 +136,20 @@ impl<A: Adapter> Namespace<A> {
     /// A connect packet for a socket already connected or connecting to this namespace is ignored.
     /// Otherwise it would run the handlers twice and replace (or remove, if the middlewares reject
     /// it) the socket with the same id, without calling its disconnect handler.
+    ///
+    /// Trestle patch: `esid` is the engine.io session id; the socket gets a new random id.
     pub(crate) async fn connect(
         self: Arc<Self>,
-        sid: Sid,
+        esid: Sid,
         esocket: Arc<engineioxide::Socket<SocketData<A>>>,
         auth: Option<Value>,
     ) -> Result<(), ConnectFail> {
-        let Some(_guard) = ConnectingGuard::new(&self, sid) else {
+        let Some(_guard) = ConnectingGuard::new(&self, esid) else {
             #[cfg(feature = "tracing")]
-            tracing::debug!(%sid, ?self.path, "ignoring duplicate connect packet");
+            tracing::debug!(%esid, ?self.path, "ignoring duplicate connect packet");
             return Err(ConnectFail);
         };
+        let sid = Sid::new(); // Trestle patch: never the engine.io session id.
 
         let socket: Arc<Socket<A>> =
             Socket::new(sid, self.clone(), esocket.clone(), self.parser).into();
@@ -163,7 +173,12 @@ impl<A: Adapter> Namespace<A> {
             return Err(ConnectFail);
         }
 
-        self.sockets.write().unwrap().insert(sid, socket.clone());
+        {
+            // Trestle patch: and the engine.io session's entry, under the same lock.
+            let mut sockets = self.sockets.write().unwrap();
+            sockets.insert(sid, socket.clone());
+            self.esids.write().unwrap().insert(esid, sid);
+        }
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
@@ -193,7 +208,18 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?sid, ?self.path, "removing socket from namespace");
 
-        self.sockets.write().unwrap().remove(&sid);
+        // Trestle patch: remove its engine.io session's entry too.
+        let _socket = {
+            let mut sockets = self.sockets.write().unwrap();
+            let socket = sockets.remove(&sid);
+            if let Some(socket) = &socket {
+                let mut esids = self.esids.write().unwrap();
+                if esids.get(&socket.esocket.id) == Some(&sid) {
+                    esids.remove(&socket.esocket.id);
+                }
+            }
+            socket
+        };
         self.adapter.get_local().del_all(sid);
     }
 
@@ -201,12 +227,19 @@ impl<A: Adapter> Namespace<A> {
         self.sockets.read().unwrap().values().any(|s| s.id == sid)
     }
 
-    pub fn recv(&self, sid: Sid, packet: PacketData) -> Result<(), Error> {
+    /// Trestle patch: `esid` is the engine.io session id of the sender.
+    pub fn recv(&self, esid: Sid, packet: PacketData) -> Result<(), Error> {
         match packet {
             PacketData::Connect(_) => unreachable!("connect packets should be handled before"),
             PacketData::ConnectError(_) => Err(Error::InvalidPacketType),
-            packet => self.get_socket(sid)?.recv(packet),
+            packet => self.get_esocket_socket(esid)?.recv(packet),
         }
+    }
+
+    /// Trestle patch: the socket of the engine.io session `esid` in this namespace.
+    pub(crate) fn get_esocket_socket(&self, esid: Sid) -> Result<Arc<Socket<A>>, Error> {
+        let sid = self.esids.read().unwrap().get(&esid).copied();
+        self.get_socket(sid.ok_or(Error::SocketGone(esid))?)
     }
 
     pub fn get_socket(&self, sid: Sid) -> Result<Arc<Socket<A>>, Error> {
@@ -450,12 +483,14 @@ impl Namespace<crate::adapter::LocalAdapter> {
                 .write()
                 .unwrap()
                 .insert(sid, Socket::new_dummy(sid, ns.clone()).into());
+            ns.esids.write().unwrap().insert(sid, sid); // Trestle patch
         }
         ns
     }
 
     pub fn clean_dummy_sockets(&self) {
         self.sockets.write().unwrap().clear();
+        self.esids.write().unwrap().clear(); // Trestle patch
     }
 }
 
@@ -488,11 +523,16 @@ mod tests {
     #[tokio::test]
     async fn rejected_middleware_cleans_up_joined_rooms() {
         let sid = Sid::new();
+        let joined = Arc::new(Mutex::new(None));
         let ns = Namespace::<LocalAdapter>::new(
             Str::from("/"),
-            { async || () }.with(async |s: SocketRef| {
-                s.join("room1");
-                Err::<(), _>(std::io::Error::other("rejected"))
+            { async || () }.with({
+                let joined = joined.clone();
+                async move |s: SocketRef| {
+                    s.join("room1");
+                    *joined.lock().unwrap() = Some(s.id);
+                    Err::<(), _>(std::io::Error::other("rejected"))
+                }
             }),
             &(),
             &SocketIoConfig::default(),
@@ -500,7 +540,27 @@ mod tests {
         let esocket = EIoSocket::new_dummy(sid, Box::new(|_, _| ()));
 
         assert!(ns.clone().connect(sid, esocket, None).await.is_err());
-        assert!(ns.adapter.get_local().socket_rooms(sid).is_empty());
+        let joined = joined.lock().unwrap().expect("the middleware ran");
+        assert!(ns.adapter.get_local().socket_rooms(joined).is_empty());
+    }
+
+    /// Trestle patch: the socket id is random, not the engine.io session id, and the
+    /// socket is found by either until it is removed.
+    #[tokio::test]
+    async fn socket_id_is_not_the_engine_session_id() {
+        let esid = Sid::new();
+        let ns = counting_ns(Arc::new(AtomicUsize::new(0)));
+        let esocket = EIoSocket::new_dummy(esid, Box::new(|_, _| ()));
+
+        assert!(ns.clone().connect(esid, esocket, None).await.is_ok());
+        let socket = ns.get_esocket_socket(esid).unwrap();
+        assert_ne!(socket.id, esid);
+        assert!(ns.get_socket(esid).is_err());
+        assert!(Arc::ptr_eq(&socket, &ns.get_socket(socket.id).unwrap()));
+
+        ns.remove_socket(socket.id);
+        assert!(ns.get_esocket_socket(esid).is_err());
+        assert!(ns.esids.read().unwrap().is_empty());
     }
 
     /// Create a namespace counting the calls of its middleware.
@@ -529,14 +589,14 @@ mod tests {
         let esocket = EIoSocket::new_dummy(sid, Box::new(|_, _| ()));
 
         assert!(ns.clone().connect(sid, esocket.clone(), None).await.is_ok());
-        let socket = ns.get_socket(sid).unwrap();
+        let socket = ns.get_esocket_socket(sid).unwrap();
 
         assert!(ns.clone().connect(sid, esocket, None).await.is_err());
 
         // The middleware would have rejected the second connection and removed the socket rooms.
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(Arc::ptr_eq(&socket, &ns.get_socket(sid).unwrap()));
-        assert_eq!(ns.adapter.get_local().socket_rooms(sid).len(), 1);
+        assert!(Arc::ptr_eq(&socket, &ns.get_esocket_socket(sid).unwrap()));
+        assert_eq!(ns.adapter.get_local().socket_rooms(socket.id).len(), 1);
     }
 
     /// The socket only enters the namespace after its middleware:
@@ -571,11 +631,11 @@ mod tests {
         let duplicate = tokio::time::timeout(Duration::from_millis(100), duplicate);
         assert!(duplicate.await.expect("should not wait").is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(ns.get_socket(sid).is_err());
+        assert!(ns.get_esocket_socket(sid).is_err());
 
         release.notify_one();
         assert!(first.await.unwrap().is_ok());
-        assert!(ns.get_socket(sid).is_ok());
+        assert!(ns.get_esocket_socket(sid).is_ok());
     }
 
     #[tokio::test]
@@ -597,12 +657,12 @@ mod tests {
         let esocket = EIoSocket::new_dummy(sid, Box::new(|_, _| ()));
 
         assert!(ns.clone().connect(sid, esocket.clone(), None).await.is_ok());
-        let first = ns.get_socket(sid).unwrap();
-        ns.remove_socket(sid);
+        let first = ns.get_esocket_socket(sid).unwrap();
+        ns.remove_socket(first.id);
 
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert!(!Arc::ptr_eq(&first, &ns.get_socket(sid).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &ns.get_esocket_socket(sid).unwrap()));
     }
 
     #[tokio::test]

@@ -1,5 +1,8 @@
 //! The polling transport module handles polling, post and init requests
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use bytes::Bytes;
 use engineioxide_core::payload::{self, Payload};
@@ -116,6 +119,8 @@ where
     tracing::debug!(%sid, %protocol, supports_binary = socket.supports_binary, "polling request");
 
     let max_payload = engine.config.max_payload;
+    let took_close = AtomicBool::new(false);
+    let mut held_close = None;
     let payload = {
         let InternalRx {
             buffered_rx,
@@ -125,14 +130,33 @@ where
 
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
-        // (Trestle patch: packets leaving the buffer leave the socket's send budget.)
+        // (Trestle patch: packets leaving the buffer leave the socket's send budget, and
+        // the close packet among them is noted: see `Socket::close`.)
+        let sent = |p: &PacketBuf| {
+            socket.budget.sent(p);
+            if has_close(p) {
+                took_close.store(true, Ordering::Relaxed);
+            }
+        };
         let peeked = peeked_packet.take();
         if let Some(p) = &peeked {
-            socket.budget.sent(p);
+            sent(p);
         }
-        let sent = |p: &PacketBuf| socket.budget.sent(p);
+        // Trestle patch: when a close waits for delivery (see `Socket::close`), the close
+        // packet goes alone in the next poll, after the packets queued before it, as with
+        // socket.io's engine: socket.io-client drops the events of a payload that ends
+        // with the close packet (it emits them a tick later, once it is disconnected).
+        let mut yielded = false;
         let rx_stream = stream::iter(peeked)
-            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &sent));
+            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &sent))
+            .take_while(|p| {
+                let hold = yielded && has_close(p) && socket.close_waits_for_delivery();
+                if hold {
+                    held_close = Some(p.clone());
+                }
+                yielded = true;
+                std::future::ready(!hold)
+            });
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
         // towards the encoder completion, so any buffered close packet is still flushed to the client.
@@ -154,15 +178,28 @@ where
 
     // set back the peeked packet so it can be read again
     // on the next polling request
+    // (Trestle patch: or the close packet kept for it; the encoder cannot have peeked a
+    // packet after it.)
+    let peeked = peeked.or(held_close);
     if let Some(p) = &peeked {
         socket.budget.add(SendBudget::len_of(p));
     }
+    // Trestle patch: a close packet put back for the next poll has not been taken yet.
+    let took_close = took_close.into_inner() && !peeked.as_ref().is_some_and(has_close);
     rx.peeked_packet = peeked;
+    if took_close {
+        socket.close_delivered();
+    }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
 
     Ok(http_response(StatusCode::OK, data, has_binary))
+}
+
+/// Trestle patch: whether `packets` holds the close packet.
+fn has_close(packets: &PacketBuf) -> bool {
+    packets.iter().any(|p| matches!(p, Packet::Close))
 }
 
 /// Handle http polling post request

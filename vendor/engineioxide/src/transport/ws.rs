@@ -248,6 +248,10 @@ where
     Ok(())
 }
 
+/// Trestle patch: how often a polling request still waiting during an upgrade is ended with
+/// a Noop (socket.io's engine: 100 ms).
+const UPGRADE_NOOP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Trestle patch: how long a closed session's writer may still flush what was queued
 /// (a DISCONNECT or close packet) before it gives up on the connection.
 const CLOSE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -372,6 +376,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
+        // Trestle patch: an upgrade that finished after the server closed the polling
+        // session delivers what was queued here, close packet included: the close that
+        // waited for it completes (see `Socket::close`).
+        if buffered_rx.is_empty() {
+            socket.close_delivered();
+        }
     }
 
     #[cfg(feature = "tracing")]
@@ -432,22 +442,9 @@ where
     #[cfg(feature = "tracing")]
     tracing::debug!("starting websocket connection upgrade");
 
-    // The socket is upgrading, from now on all polling
-    // request will return a `Packet::Noop`
-    socket.start_upgrade();
-
-    // We send a last Noop request to close a potential waiting polling request.
-    let noop: engineioxide_core::PacketBuf = smallvec![Packet::Noop];
-    socket.budget.add(SendBudget::len_of(&noop));
-    socket
-        .internal_tx
-        .send(noop)
-        .await
-        .map_err(|_| Error::Upgrade)?;
-
-    // wait for any current polling connection to finish by waiting for the socket to be unlocked
-    // All other polling connection will be immediately closed with a NOOP packet.
-    let _lock = socket.internal_rx.lock().await;
+    // Trestle patch: polling goes on normally during the probe, as with socket.io's engine
+    // (see below); crates.io answered every polling request with a Noop from here on, and
+    // so gave the client an extra packet for the one that was waiting.
 
     // Fetch the next packet from the ws stream, it should be a PingUpgrade packet
     let msg = match ws.next().await {
@@ -465,8 +462,44 @@ where
         p => Err(Error::BadPacket(p))?,
     };
 
+    // Trestle patch: the client now ends its polling once its waiting request returns,
+    // which it usually does with the packets sent meanwhile (a CONNECT answer, an ack).
+    // As socket.io's engine does, a Noop is sent only if nothing came within 100 ms, and
+    // again every 100 ms until the Upgrade packet; socket.io-client's own suite counts the
+    // packets a client receives.
+    let send_noop = || async {
+        let noop: engineioxide_core::PacketBuf = smallvec![Packet::Noop];
+        socket.budget.add(SendBudget::len_of(&noop));
+        socket
+            .internal_tx
+            .send(noop)
+            .await
+            .map_err(|_| Error::Upgrade)
+    };
+    let mut noop_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + UPGRADE_NOOP_INTERVAL,
+        UPGRADE_NOOP_INTERVAL,
+    );
+    let next = loop {
+        tokio::select! {
+            msg = ws.next() => break msg,
+            _ = noop_tick.tick() => send_noop().await?,
+        }
+    };
+
+    // The socket is upgrading, from now on all polling
+    // request will return a `Packet::Noop`
+    socket.start_upgrade();
+
+    // We send a last Noop request to close a potential waiting polling request.
+    send_noop().await?;
+
+    // wait for any current polling connection to finish by waiting for the socket to be unlocked
+    // All other polling connection will be immediately closed with a NOOP packet.
+    let _lock = socket.internal_rx.lock().await;
+
     // Fetch the next packet from the ws stream, it should be an Upgrade packet
-    let msg = match ws.next().await {
+    let msg = match next {
         Some(Ok(Message::Text(d))) => d,
         Some(Ok(Message::Close(_))) => {
             #[cfg(feature = "tracing")]
