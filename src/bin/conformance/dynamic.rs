@@ -1,41 +1,16 @@
-//! The standard Socket.IO protocol test fixture, served by Trestle's engine settings and
-//! HTTP loop, so that socket.io's public protocol test suite
-//! (github.com/socketio/socket.io-protocol, `test-suite/`) can be run against them.
-//!
-//! Port 3000 (or `--port`), path `/socket.io/`, pingInterval 300 ms, pingTimeout 200 ms,
-//! maxPayload 1,000,000, connect timeout 1000 ms, any origin. Namespaces `/` and `/custom`
-//! each emit `auth` with the CONNECT payload; on `/`, `message` is answered with
-//! `message-back` and the same arguments (binary too), `message-with-ack` is acknowledged
-//! with its arguments, and `emit-with-ack` is emitted back with an ack whose arguments are
-//! then emitted as `emit-with-ack`.
-
-use std::{net::SocketAddr, time::Duration};
+//! Event arguments of any shape, binary attachments kept as bytes wherever they are nested,
+//! so that a fixture can send back exactly what it received.
 
 use bytes::Bytes;
-use clap::Parser;
 use serde::{
     Deserialize, Serialize,
     de::{MapAccess, SeqAccess, Visitor},
     ser::{SerializeMap, SerializeSeq, SerializeTuple},
 };
-use socketioxide::{
-    ParserConfig, SocketIo,
-    extract::{AckSender, SocketRef, TryData},
-};
-use tower_http::cors::CorsLayer;
-use trestle::http::serve::{HeaderLimits, serve};
 
-/// The Socket.IO protocol test fixture.
-#[derive(Parser)]
-struct Args {
-    /// Port to listen on (127.0.0.1).
-    #[arg(long, env = "PORT", default_value_t = 3000)]
-    port: u16,
-}
-
-/// Any argument, binary attachments kept as bytes wherever they are nested.
+/// Any argument.
 #[derive(Debug, Clone)]
-enum Dyn {
+pub enum Dyn {
     Null,
     Bool(bool),
     I64(i64),
@@ -45,6 +20,50 @@ enum Dyn {
     Bytes(Bytes),
     Seq(Vec<Dyn>),
     Map(Vec<(String, Dyn)>),
+}
+
+impl Dyn {
+    /// The value of `key` when this is an object.
+    pub fn get(&self, key: &str) -> Option<&Dyn> {
+        match self {
+            Dyn::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Dyn::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_bytes(&self) -> bool {
+        matches!(self, Dyn::Bytes(_))
+    }
+
+    /// Whether a number equals `n`, however it was decoded.
+    pub fn is_number(&self, n: i64) -> bool {
+        match *self {
+            Dyn::I64(v) => v == n,
+            Dyn::U64(v) => i64::try_from(v) == Ok(n),
+            Dyn::F64(v) => v == n as f64,
+            _ => false,
+        }
+    }
+
+    /// JavaScript truthiness.
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            Dyn::Null => false,
+            Dyn::Bool(b) => *b,
+            Dyn::I64(n) => *n != 0,
+            Dyn::U64(n) => *n != 0,
+            Dyn::F64(n) => *n != 0.0 && !n.is_nan(),
+            Dyn::Str(s) => !s.is_empty(),
+            Dyn::Bytes(_) | Dyn::Seq(_) | Dyn::Map(_) => true,
+        }
+    }
 }
 
 impl Serialize for Dyn {
@@ -137,8 +156,15 @@ impl<'de> Deserialize<'de> for Dyn {
 
 /// All the arguments of an event or ack. Serialised as a tuple, so that each element
 /// is an argument of its own; deserialised through `deserialize_tuple` for the same reason.
-#[derive(Debug, Clone)]
-struct ArgList(Vec<Dyn>);
+#[derive(Debug, Clone, Default)]
+pub struct ArgList(pub Vec<Dyn>);
+
+impl ArgList {
+    /// The `i`th argument; a missing one is `undefined`, taken as null.
+    pub fn arg(&self, i: usize) -> &Dyn {
+        self.0.get(i).unwrap_or(&Dyn::Null)
+    }
+}
 
 impl Serialize for ArgList {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -168,73 +194,4 @@ impl<'de> Deserialize<'de> for ArgList {
         }
         d.deserialize_tuple(usize::MAX, V)
     }
-}
-
-async fn on_connect(socket: SocketRef, TryData(auth): TryData<serde_json::Value>) {
-    let auth = auth.unwrap_or_else(|_| serde_json::json!({}));
-    socket.emit("auth", &auth).ok();
-    socket.on(
-        "message",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            if let Ok(args) = args {
-                s.emit("message-back", &args).ok();
-            }
-        },
-    );
-    socket.on(
-        "message-with-ack",
-        async |ack: AckSender, TryData(args): TryData<ArgList>| {
-            if let Ok(args) = args {
-                ack.send(&args).ok();
-            }
-        },
-    );
-    socket.on(
-        "emit-with-ack",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            let Ok(args) = args else { return };
-            let Ok(pending) = s.emit_with_ack::<_, ArgList>("emit-with-ack", &args) else {
-                return;
-            };
-            if let Ok(answer) = pending.await {
-                s.emit("emit-with-ack", &answer).ok();
-            }
-        },
-    );
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    let args = Args::parse();
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_millis(300))
-        .ping_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(1000))
-        .max_payload(1_000_000)
-        .ws_max_message_size(1_000_000)
-        .with_parser(ParserConfig::common().max_incoming_binary_buf_size(1_000_000))
-        .build_layer();
-    io.ns("/", on_connect);
-    io.ns("/custom", on_connect);
-    let router = axum::Router::new()
-        .layer(layer)
-        .layer(CorsLayer::very_permissive());
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("conformance fixture listening on {addr}");
-    let limits = HeaderLimits {
-        max_headers: 100,
-        max_bytes: 65_536,
-        read_timeout: Duration::from_secs(10),
-    };
-    serve(listener, router, limits, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
-    Ok(())
 }

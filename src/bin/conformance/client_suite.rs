@@ -1,0 +1,319 @@
+//! The fixture of socket.io-client's own test suite: what its `test/support/server.ts` sets
+//! up (github.com/socketio/socket.io, `packages/socket.io-client`), written against
+//! socketioxide. Connection state recovery is not offered.
+//!
+//! pingInterval 2000 ms; handshakes answered after 10 ms, so that a client `timeout` of 0
+//! expires first. On `/`, a middleware refuses handshakes whose query has `fail`, and the
+//! handlers answer `hi`, `echo`, `ack`, dates, UTF-8 strings, `false`, binary in both
+//! directions (in order), `getHandshake` and `getId`. `/foo` answers `getId`; `/abc` emits
+//! `handshake` on connect; `/no` refuses every socket; `/timeout_socket`, `/valid` and
+//! `/asd` just exist.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::{ConnectInfo, Request},
+    middleware::Next,
+    response::Response,
+};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use socketioxide::{
+    SocketIo,
+    extract::{AckSender, SocketRef, TryData},
+    handler::ConnectHandler,
+    layer::SocketIoLayer,
+};
+use time::{OffsetDateTime, macros::format_description};
+
+use crate::dynamic::{ArgList, Dyn};
+
+/// What socket.io's `socket.handshake` holds, for this socket's namespace.
+fn handshake(socket: &SocketRef, auth: &Value) -> Value {
+    let parts = socket.req_parts();
+    let headers: Map<String, Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                json!(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
+        .collect();
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_string());
+    let issued = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    json!({
+        "headers": headers,
+        "time": iso_now(),
+        "address": address,
+        "xdomain": parts.headers.contains_key(axum::http::header::ORIGIN),
+        "secure": false,
+        "issued": issued,
+        "url": parts.uri.to_string(),
+        "query": query(parts.uri.query().unwrap_or("")),
+        "auth": auth,
+    })
+}
+
+/// The request's query as an object; a repeated key gives an array, as node's
+/// `querystring` does.
+fn query(q: &str) -> Value {
+    let mut out = Map::new();
+    for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+        let v = Value::String(v.into_owned());
+        match out.get_mut(&*k) {
+            None => {
+                out.insert(k.into_owned(), v);
+            }
+            Some(Value::Array(items)) => items.push(v),
+            Some(first) => *first = Value::Array(vec![first.take(), v]),
+        }
+    }
+    Value::Object(out)
+}
+
+/// Now as JavaScript's `Date.prototype.toJSON` writes it, which is what a `Date` argument
+/// becomes on the wire.
+fn iso_now() -> String {
+    OffsetDateTime::now_utc()
+        .format(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
+        .unwrap_or_default()
+}
+
+fn auth_of(auth: Result<Value, impl std::any::Any>) -> Value {
+    auth.ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
+}
+
+/// Like `{ hello: "lol", message: <binary>, goodbye: "gotcha" }`.
+fn is_mixed_binary(a: &Dyn) -> bool {
+    a.get("hello").and_then(Dyn::as_str) == Some("lol")
+        && a.get("message").is_some_and(Dyn::is_bytes)
+        && a.get("goodbye").and_then(Dyn::as_str) == Some("gotcha")
+}
+
+const NO_ARGS: ArgList = ArgList(Vec::new());
+
+async fn main_middleware(s: SocketRef) -> Result<(), &'static str> {
+    let fail = query(s.req_parts().uri.query().unwrap_or(""))
+        .get("fail")
+        .is_some_and(|v| v.as_str() != Some(""));
+    if fail {
+        Err("Auth failed (main namespace)")
+    } else {
+        Ok(())
+    }
+}
+
+async fn no_middleware(_: SocketRef) -> Result<(), &'static str> {
+    Err("Auth failed (custom namespace)")
+}
+
+async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
+    let hs = handshake(&socket, &auth_of(auth));
+    socket.on("hi", async |s: SocketRef| {
+        s.emit("hi", &NO_ARGS).ok();
+    });
+    socket.on(
+        "echo",
+        async |ack: AckSender, TryData(args): TryData<ArgList>| {
+            let arg = args.map(|a| a.arg(0).clone()).unwrap_or(Dyn::Null);
+            ack.send(&arg).ok();
+        },
+    );
+    socket.on("ack", async |s: SocketRef| {
+        let Ok(pending) = s.emit_with_ack::<_, ArgList>("ack", &NO_ARGS) else {
+            return;
+        };
+        let Ok(answer) = pending.await else { return };
+        if answer.arg(0).is_number(5) && answer.arg(1).get("test").is_some_and(Dyn::is_truthy) {
+            s.emit("got it", &NO_ARGS).ok();
+        }
+    });
+    socket.on("getAckDate", async |ack: AckSender| {
+        ack.send(&iso_now()).ok();
+    });
+    socket.on("getDate", async |s: SocketRef| {
+        s.emit("takeDate", &iso_now()).ok();
+    });
+    socket.on("getDateObj", async |s: SocketRef| {
+        s.emit("takeDateObj", &json!({ "date": iso_now() })).ok();
+    });
+    socket.on("getUtf8", async |s: SocketRef| {
+        for text in [
+            "てすと",
+            "Я Б Г Д Ж Й",
+            "Ä ä Ü ü ß",
+            "utf8 — string",
+            "utf8 — string",
+        ] {
+            s.emit("takeUtf8", text).ok();
+        }
+    });
+    socket.on("false", async |s: SocketRef| {
+        s.emit("false", &false).ok();
+    });
+    socket.on("doge", async |s: SocketRef| {
+        s.emit("doge", &Bytes::from_static(b"asdfasdf")).ok();
+    });
+    socket.on("getbin", async |s: SocketRef| {
+        s.emit("takebin", &Bytes::from_static(b"asdfasdf")).ok();
+    });
+    socket.on(
+        "buffa",
+        async |s: SocketRef, TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
+                s.emit("buffack", &NO_ARGS).ok();
+            }
+        },
+    );
+    socket.on(
+        "blob",
+        async |s: SocketRef, TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
+                s.emit("back", &NO_ARGS).ok();
+            }
+        },
+    );
+    socket.on(
+        "jsonbuff",
+        async |s: SocketRef, TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| is_mixed_binary(a.arg(0))) {
+                s.emit("jsonbuff-ack", &NO_ARGS).ok();
+            }
+        },
+    );
+    socket.on(
+        "jsonblob",
+        async |s: SocketRef, TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| is_mixed_binary(a.arg(0))) {
+                s.emit("jsonblob-ack", &NO_ARGS).ok();
+            }
+        },
+    );
+
+    // The suite checks that binary events are handled in the order they were sent: each
+    // answer depends on what this socket received before it. socketioxide spawns the future
+    // a handler returns, and spawned futures may run in any order, so the state is read and
+    // written in the handler closure itself, which it calls in the order of arrival.
+    let abuff1 = Arc::new(AtomicBool::new(false));
+    socket.on("abuff1", {
+        let abuff1 = abuff1.clone();
+        move |TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
+                abuff1.store(true, Ordering::SeqCst);
+            }
+            async {}
+        }
+    });
+    socket.on("abuff2", move |s: SocketRef| {
+        let after_abuff1 = abuff1.load(Ordering::SeqCst);
+        async move {
+            if after_abuff1 {
+                s.emit("abuff2-ack", &NO_ARGS).ok();
+            }
+        }
+    });
+    let blob1 = Arc::new(AtomicBool::new(false));
+    let blob2 = Arc::new(AtomicBool::new(false));
+    socket.on("blob1", {
+        let blob1 = blob1.clone();
+        move |TryData(args): TryData<ArgList>| {
+            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
+                blob1.store(true, Ordering::SeqCst);
+            }
+            async {}
+        }
+    });
+    socket.on("blob2", {
+        let (blob1, blob2) = (blob1.clone(), blob2.clone());
+        move |TryData(args): TryData<ArgList>| {
+            if blob1.load(Ordering::SeqCst)
+                && args.is_ok_and(|a| a.arg(0).as_str() == Some("second"))
+            {
+                blob2.store(true, Ordering::SeqCst);
+            }
+            async {}
+        }
+    });
+    socket.on(
+        "blob3",
+        move |s: SocketRef, TryData(args): TryData<ArgList>| {
+            let in_order = args.is_ok_and(|a| a.arg(0).is_bytes())
+                && blob1.load(Ordering::SeqCst)
+                && blob2.load(Ordering::SeqCst);
+            async move {
+                if in_order {
+                    s.emit("blob3-ack", &NO_ARGS).ok();
+                }
+            }
+        },
+    );
+
+    socket.on("getHandshake", move |ack: AckSender| async move {
+        ack.send(&hs).ok();
+    });
+    socket.on("getId", async |s: SocketRef, ack: AckSender| {
+        ack.send(&s.id.to_string()).ok();
+    });
+}
+
+async fn on_foo(socket: SocketRef) {
+    socket.on("getId", async |s: SocketRef, ack: AckSender| {
+        ack.send(&s.id.to_string()).ok();
+    });
+}
+
+async fn on_abc(socket: SocketRef, TryData(auth): TryData<Value>) {
+    socket
+        .emit("handshake", &handshake(&socket, &auth_of(auth)))
+        .ok();
+}
+
+async fn on_empty(_: SocketRef) {}
+
+/// socket.io's `allowRequest` in the suite's server: a new session is answered 10 ms late,
+/// which the suite's `timeout: 0` cases rely on to see the connection time out.
+pub async fn delay_handshakes(req: Request, next: Next) -> Response {
+    let has_sid = req
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "sid"));
+    if !has_sid {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    next.run(req).await
+}
+
+pub fn layer() -> SocketIoLayer {
+    // socket.io's defaults otherwise: pingTimeout 20 s, maxHttpBufferSize 1e6.
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(Duration::from_millis(2000))
+        .ping_timeout(Duration::from_millis(20_000))
+        .max_payload(1_000_000)
+        .build_layer();
+    io.ns("/", on_main.with(main_middleware));
+    io.ns("/foo", on_foo);
+    io.ns("/timeout_socket", on_empty);
+    io.ns("/valid", on_empty);
+    io.ns("/asd", on_empty);
+    io.ns("/abc", on_abc);
+    io.ns("/no", on_empty.with(no_middleware));
+    layer
+}
