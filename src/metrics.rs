@@ -3,6 +3,10 @@
 //! Each server owns its own recorder instead of installing a process-wide one, so that
 //! several servers in one test process keep separate figures. Hot-path counters (one per
 //! client event) are registered once at start; rare ones are registered when first used.
+//!
+//! The standard `process_*` metrics (memory, CPU, file descriptors, threads, start time)
+//! come from `metrics-process`, so that the names and meanings are those of the
+//! Prometheus client libraries and the dashboards made for the Node backend keep working.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -11,6 +15,7 @@ use std::{
 
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_process::Collector;
 
 use crate::{error::Code, handlers::ClientEvent};
 
@@ -41,6 +46,7 @@ pub struct Metrics {
     rate_limited: Counter,
     api_emit: Counter,
     started: Instant,
+    process: Collector,
 }
 
 impl Default for Metrics {
@@ -99,6 +105,10 @@ impl Metrics {
             "status_change announcements sent by this instance, by status",
         );
         describe("trestle_uptime_seconds", "Seconds since the server started");
+        // The collector records through the `metrics` macros, which reach the global
+        // recorder unless a local one is set for the call: this server's recorder is.
+        let process = Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
         let counter = |name: &'static str, labels: Vec<Label>| {
             recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
         };
@@ -157,6 +167,7 @@ impl Metrics {
             rate_limited: counter("trestle_rate_limited_total", vec![]),
             api_emit: counter("trestle_api_emit_total", vec![]),
             started: Instant::now(),
+            process,
             recorder,
         }
     }
@@ -245,6 +256,7 @@ impl Metrics {
         self.recorder
             .register_gauge(&Key::from_static_name("trestle_uptime_seconds"), &METADATA)
             .set(self.started.elapsed().as_secs_f64());
+        metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.run_upkeep();
         self.handle.render()
     }
