@@ -14,6 +14,9 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 # The load-balancer test runs docker/nginx.conf in front of two instances.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# python-socketio (the Origin test's Python client) goes into a virtualenv of its own.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} through apt"
   sudo_cmd=""
@@ -40,5 +43,12 @@ echo "== client-tests (node --test, socket.io-client)"
 (
   cd client-tests
   npm ci --no-audit --no-fund --loglevel=error
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r python/requirements.txt
   TRESTLE_BIN="$PWD/../target/release/trestle" npm test
 )
+
+# docker/Dockerfile without a Docker engine (a few seconds): its build context holds every
+# file the build reads, its builder steps replay, the HEALTHCHECK works (docker/README.md).
+echo "== docker image context (node --test docker/context.test.mjs)"
+TRESTLE_BIN="$PWD/target/release/trestle" node --test docker/context.test.mjs

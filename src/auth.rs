@@ -190,6 +190,17 @@ pub struct Verifier {
     audience: Option<String>,
 }
 
+impl Verifier {
+    /// The accepted algorithms, as `JWT_ALGORITHMS` names them (`HS256,RS256`).
+    pub fn algorithm_names(&self) -> String {
+        self.algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")

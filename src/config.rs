@@ -60,7 +60,7 @@ pub struct Config {
     pub jwt_audience: Option<String>,
 
     /// Refuse clients without a token. With `false`, they connect as `anon:<socket id>`.
-    #[arg(long, env = "AUTH_REQUIRED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "AUTH_REQUIRED", default_value_t = true, action = clap::ArgAction::Set, value_parser = boolish())]
     pub auth_required: bool,
 
     /// Allowed browser origins, comma-separated (`https://app.example.com`), or `*` for
@@ -91,7 +91,7 @@ pub struct Config {
     pub max_connections_per_ip: u32,
 
     /// Take the client address from the last `X-Forwarded-For` entry (set behind a proxy).
-    #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolish())]
     pub trust_proxy: bool,
 
     /// Sockets a room may hold before `join_room` answers ROOM_FULL (0: no cap).
@@ -144,6 +144,12 @@ pub struct Config {
     /// Unset: a single instance with the in-memory adapter.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Prepended to every Redis key and channel Trestle uses (the adapter's `socket.io…`
+    /// channels, the `trestle:presence:…` keys), so that deployments sharing one Redis
+    /// stay apart. Instances of one cluster need the same prefix.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "", value_parser = redis_prefix)]
+    pub redis_prefix: String,
 
     /// Database: `postgres://…` for several instances, or `sqlite://…`. Default: a SQLite
     /// file `trestle.db` under `DATA_DIR` (one instance only).
@@ -202,9 +208,17 @@ pub struct Config {
     #[arg(long, env = "MAX_DOCUMENT_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_document_bytes: u64,
 
-    /// An upload that receives nothing for this many milliseconds is removed.
-    #[arg(long, env = "UPLOAD_TTL_MS", default_value_t = 3_600_000)]
+    /// An upload that receives nothing for this many milliseconds is removed (24 h, as
+    /// the Node backend: a site worker may resume an upload the next morning).
+    #[arg(long, env = "UPLOAD_TTL_MS", default_value_t = 86_400_000)]
     pub upload_ttl_ms: u64,
+
+    /// Bytes per upload chunk, told to the client as `chunkSize` (the contract's 65,536 by
+    /// default). From 1 KiB; lowered at start-up, with a warning, when a chunk
+    /// base64-encoded for long-polling would not fit in `MAX_MESSAGE_BYTES`.
+    #[arg(long, env = "UPLOAD_CHUNK_SIZE", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub upload_chunk_size: u32,
 
     /// Uploads one user may have in progress at once.
     #[arg(long, env = "MAX_UPLOADS_PER_USER", default_value_t = 3)]
@@ -248,7 +262,40 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Boolean settings as the Node backend's deployments write them: `true/false`, `1/0`,
+/// `yes/no`, `on/off` in any case (clap's bool parser takes only `true` and `false`).
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
+/// A `REDIS_PREFIX`: printable ASCII without spaces, at most 64 bytes, since it becomes
+/// part of every key and channel name (and of names built inside the Lua scripts).
+fn redis_prefix(s: &str) -> Result<String, String> {
+    if s.len() > 64 {
+        return Err("at most 64 characters".into());
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("printable ASCII characters without spaces only".into());
+    }
+    Ok(s.to_owned())
+}
+
 impl Config {
+    /// The settings from the command line and the environment, where a variable set to an
+    /// empty string counts as unset (its default applies), as with the Node backend:
+    /// deployment files often carry `AUTH_REQUIRED=` or `REDIS_URL=` lines left blank.
+    pub fn from_env_and_args() -> Self {
+        let command = <Config as clap::CommandFactory>::command().mut_args(|arg| {
+            let blank = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty());
+            if blank { arg.env(None) } else { arg }
+        });
+        let matches = command.get_matches();
+        <Config as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
     /// A configuration with every default and the given HS256 secret: what tests start from.
     /// Its data directory is a fresh one under the system temp directory.
     pub fn for_tests(secret: &str) -> Self {
@@ -290,6 +337,111 @@ impl Config {
         }
     }
 
+    /// The upload `chunkSize` in force: `UPLOAD_CHUNK_SIZE`, lowered when it would not fit
+    /// in `MAX_MESSAGE_BYTES`. Over long-polling a binary chunk travels base64-encoded
+    /// (4/3 of its size) with its event's JSON; a chunk that cannot fit would make every
+    /// upload fail, so a server with small messages gets small chunks instead.
+    pub fn upload_chunk_bytes(&self) -> u32 {
+        let fits = self.max_message_bytes.saturating_sub(1024) * 3 / 4;
+        u32::try_from(fits)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.upload_chunk_size)
+    }
+
+    /// The `CORS_ORIGINS` entries as browsers write an `Origin` (lower case, no trailing
+    /// slash), for the CORS layer and the origin check alike; `None`: any origin.
+    pub fn cors_origin_list(&self) -> Option<Vec<String>> {
+        let origins: Vec<String> = self
+            .cors_origins
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!origins.is_empty() && !origins.iter().any(|o| o == "*")).then_some(origins)
+    }
+
+    /// What start-up should warn about: settings under which every request of a kind is
+    /// refused, and settings lowered to what can work.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.api_key.as_deref().is_none_or(str::is_empty) {
+            warnings.push("API_KEY is not set: every POST /api/emit is refused with 401".into());
+        }
+        // A browser's `Origin` is always `scheme://host[:port]` with the default port left
+        // out; an entry of another shape (no scheme, a path, `:443` on https) never matches.
+        let is_origin = |o: &String| {
+            o == "null"
+                || url::Url::parse(o).is_ok_and(|u| u.origin().ascii_serialization() == *o)
+        };
+        if self
+            .cors_origin_list()
+            .is_some_and(|list| !list.iter().any(is_origin))
+        {
+            warnings.push(
+                "no CORS_ORIGINS entry is an origin (scheme://host[:port]): every browser \
+                 request from another origin is refused with 403"
+                    .into(),
+            );
+        }
+        let zeros: [(u64, &str); 7] = [
+            (
+                self.max_connections as u64,
+                "MAX_CONNECTIONS is 0: every connection is refused",
+            ),
+            (
+                u64::from(self.max_connections_per_ip),
+                "MAX_CONNECTIONS_PER_IP is 0: every connection is refused",
+            ),
+            (
+                self.max_message_bytes,
+                "MAX_MESSAGE_BYTES is 0: every client message is over the limit",
+            ),
+            (
+                self.max_rooms_per_socket as u64,
+                "MAX_ROOMS_PER_SOCKET is 0: every join_room is refused",
+            ),
+            (
+                u64::from(self.max_uploads_per_user),
+                "MAX_UPLOADS_PER_USER is 0: every document upload is refused",
+            ),
+            (
+                self.max_document_bytes,
+                "MAX_DOCUMENT_BYTES is 0: every non-empty document upload is refused",
+            ),
+            (
+                u64::from(self.max_streams_per_socket),
+                "MAX_STREAMS_PER_SOCKET is 0: every document stream is refused",
+            ),
+        ];
+        warnings.extend(
+            zeros
+                .iter()
+                .filter(|(v, _)| *v == 0)
+                .map(|(_, m)| (*m).to_owned()),
+        );
+        if self.upload_chunk_bytes() < self.upload_chunk_size {
+            warnings.push(format!(
+                "UPLOAD_CHUNK_SIZE lowered from {} to {} bytes: a larger chunk, base64-encoded \
+                 for long-polling, would not fit in MAX_MESSAGE_BYTES ({})",
+                self.upload_chunk_size,
+                self.upload_chunk_bytes(),
+                self.max_message_bytes
+            ));
+        }
+        warnings
+    }
+
+    /// The socketioxide-redis adapter's channel prefix (its default, `socket.io`, behind
+    /// `REDIS_PREFIX`).
+    pub fn adapter_channel_prefix(&self) -> String {
+        format!("{}socket.io", self.redis_prefix)
+    }
+
+    /// Where the presence registry keeps its keys in Redis.
+    pub fn presence_key_prefix(&self) -> String {
+        format!("{}trestle:presence:", self.redis_prefix)
+    }
+
     /// The ping interval as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
@@ -298,5 +450,55 @@ impl Config {
     /// The ping timeout as a duration.
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_read_as_the_node_backend_writes_them() {
+        for (v, want) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("On", true),
+            ("false", false),
+            ("FALSE", false),
+            ("0", false),
+            ("no", false),
+            ("off", false),
+            ("OFF", false),
+        ] {
+            let cfg = Config::try_parse_from(["trestle", "--auth-required", v, "--trust-proxy", v])
+                .unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!((cfg.auth_required, cfg.trust_proxy), (want, want), "{v}");
+        }
+        assert!(Config::try_parse_from(["trestle", "--auth-required", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn redis_prefix_goes_before_every_name() {
+        let cfg = Config::parse_from(["trestle"]);
+        assert_eq!(cfg.adapter_channel_prefix(), "socket.io");
+        assert_eq!(cfg.presence_key_prefix(), "trestle:presence:");
+        let cfg = Config::parse_from(["trestle", "--redis-prefix", "staging:"]);
+        assert_eq!(cfg.adapter_channel_prefix(), "staging:socket.io");
+        assert_eq!(cfg.presence_key_prefix(), "staging:trestle:presence:");
+        assert!(Config::try_parse_from(["trestle", "--redis-prefix", "a b"]).is_err());
+        assert!(Config::try_parse_from(["trestle", "--redis-prefix", &"x".repeat(65)]).is_err());
+    }
+
+    #[test]
+    fn upload_chunks_fit_a_polling_message() {
+        let cfg = Config::parse_from(["trestle"]);
+        assert_eq!(cfg.upload_chunk_bytes(), 65_536);
+        let big = Config::parse_from(["trestle", "--upload-chunk-size", "800000"]);
+        assert_eq!(big.upload_chunk_bytes(), 749_232);
+        let small = Config::parse_from(["trestle", "--max-message-bytes", "10000"]);
+        assert_eq!(small.upload_chunk_bytes(), 6_732);
+        assert!(Config::try_parse_from(["trestle", "--upload-chunk-size", "1000"]).is_err());
     }
 }

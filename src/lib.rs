@@ -20,8 +20,9 @@
 //!   messages, documents, metrics), routed from [`handlers::handle`].
 //! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`, the `Origin` check, and
 //!   the hyper server loop with its request-head limits ([`http::serve`]).
-//! - `src/bin/conformance.rs`: the Socket.IO protocol test fixture on the same engine
-//!   settings and server loop (README, Protocol conformance).
+//! - `src/bin/conformance/`: the fixtures of socket.io's public test suites (the protocol
+//!   suite, and socket.io-client's own suite with `--suite client`) on the same server
+//!   loop (README, Protocol conformance).
 //! - [`store`]: the SQLite or PostgreSQL store of comments, offline messages, document
 //!   metadata and uploads; [`store::Objects`], the document bytes (object_store).
 //! - [`metrics`]: the Prometheus counters; [`error`]: the ack codes; [`time`]: ISO times.

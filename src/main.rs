@@ -1,8 +1,7 @@
 //! The `trestle` binary: configuration, logging, run.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
-use clap::Parser;
 use tracing_subscriber::{EnvFilter, fmt};
 use trestle::{Config, config::LogFormat};
 
@@ -22,15 +21,21 @@ fn log_filter(rust_log: Option<&str>) -> EnvFilter {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = Config::from_env_and_args();
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    // `fmt()` writes to stdout. Colour codes only help a person at a terminal; in files,
+    // journald or a log collector they are noise that breaks searching. `with_ansi`
+    // overrides the subscriber's own NO_COLOR check, so that convention is kept here.
+    let ansi = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     match config.log_format {
         LogFormat::Json => fmt()
             .json()
             .with_env_filter(filter)
             .with_current_span(false)
+            .with_ansi(ansi)
             .init(),
-        LogFormat::Pretty => fmt().with_env_filter(filter).init(),
+        LogFormat::Pretty => fmt().with_env_filter(filter).with_ansi(ansi).init(),
     }
     match trestle::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,8 +63,6 @@ pub struct AppState {
     pub store: Store,
     /// Document bytes: a folder or an object store.
     pub objects: Objects,
-    /// Uploads and streams in progress on this instance.
-    pub documents: crate::handlers::documents::Documents,
     /// Who is online: in memory, or shared through Redis with `REDIS_URL`.
     pub presence: Arc<Registry>,
     /// Throttle of `typing_comment` relays per user and room.
@@ -90,7 +88,6 @@ impl AppState {
             redis: None,
             store,
             objects,
-            documents: Default::default(),
             presence: Arc::new(Registry::memory(Duration::from_millis(
                 config.presence_grace_ms,
             ))),
@@ -199,32 +196,20 @@ pub fn namespace<A: Adapter>(app: &App<A>) -> impl ConnectHandler<A, (connection
 }
 
 fn cors(cfg: &Config) -> CorsLayer {
-    let origins: Vec<_> = cfg
-        .cors_origins
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if origins.is_empty() || origins.contains(&"*") {
-        CorsLayer::new()
+    match cfg.cors_origin_list() {
+        None => CorsLayer::new()
             .allow_origin(Any)
             .allow_methods(Any)
-            .allow_headers(Any)
-    } else {
-        let list = origins
-            .iter()
-            .filter_map(|o| o.parse().ok())
-            .collect::<Vec<_>>();
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(list))
+            .allow_headers(Any),
+        Some(origins) => CorsLayer::new()
+            .allow_origin(AllowOrigin::list(
+                origins.iter().filter_map(|o| o.parse().ok()),
+            ))
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
             .allow_headers(AllowHeaders::mirror_request())
-            .allow_credentials(true)
+            .allow_credentials(true),
     }
 }
-
-/// Where the presence registry keeps its keys in Redis.
-const PRESENCE_PREFIX: &str = "trestle:presence:";
 
 /// Binds the configured address and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -265,11 +250,13 @@ pub async fn serve(
             serve_app(listener, router, app, shutdown).await
         }
         Some(url) => {
-            let (adapter, health) = cluster::connect(&url).await?;
+            let (adapter, health) =
+                cluster::connect(&url, state.config.adapter_channel_prefix()).await?;
             state.redis = Some(health);
             let grace = Duration::from_millis(state.config.presence_grace_ms);
             let client = presence::redis_client(&url).await?;
-            state.presence = Arc::new(Registry::redis(client, PRESENCE_PREFIX, grace).await?);
+            let prefix = state.config.presence_key_prefix();
+            state.presence = Arc::new(Registry::redis(client, &prefix, grace).await?);
             let builder = SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter);
             let (router, app) = app(Arc::new(state), builder);
             app.io
@@ -287,8 +274,7 @@ async fn serve_app<A: Adapter>(
     app: App<A>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let local = listener.local_addr()?;
-    tracing::info!(addr = %local, cluster = app.state.redis.is_some(), "listening");
+    log_startup(&app.state, listener.local_addr()?);
     let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
     let purger = tokio::spawn(purge_expired_every(app.state.clone()));
     let sweeper = tokio::spawn(crate::handlers::documents::sweep_every(app.state.clone()));
@@ -341,6 +327,29 @@ async fn serve_app<A: Adapter>(
     result
 }
 
+/// The start-up line: the mode this instance runs in, after a warning for each setting
+/// that refuses every request of a kind (`Config::warnings`), so that a misconfiguration
+/// shows in the first lines of the log rather than as a stream of refusals. Secrets and
+/// URLs (which may carry passwords) are never logged: only what kind of store and whether
+/// Redis is used.
+fn log_startup(state: &AppState, addr: SocketAddr) {
+    let cfg = &state.config;
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
+    // Last, so that a reader of the log who sees this line has seen every warning.
+    tracing::info!(
+        addr = %addr,
+        auth_required = cfg.auth_required,
+        jwt_algorithms = %state.verifier.algorithm_names(),
+        cors_origins = %cfg.cors_origin_list().map_or_else(|| "*".to_owned(), |o| o.join(",")),
+        store = state.store.backend().as_str(),
+        redis = state.redis.is_some(),
+        documents = state.objects.name(),
+        "listening"
+    );
+}
+
 /// Removes expired offline messages once a minute, so the queue of a user who never comes
 /// back does not grow forever.
 async fn purge_expired_every(state: Arc<AppState>) {
@@ -378,7 +387,10 @@ async fn graceful_stop<A: Adapter>(app: &App<A>) {
     }
     tokio::time::sleep(Duration::from_millis(state.config.shutdown_drain_ms)).await;
     // Closes the engine connections after what is queued (server_shutdown included) has
-    // been written, and runs every disconnect handler.
+    // been written, and runs every disconnect handler. A long-polling client may have no
+    // poll waiting at this moment, or be switching to websocket: the patched engine
+    // (vendor/README.md) keeps its session until the client has taken its last packets,
+    // for at most 5 s; SHUTDOWN_TIMEOUT_MS still bounds the whole stop.
     app.io.close().await;
 }
 

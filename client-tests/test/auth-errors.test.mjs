@@ -261,3 +261,28 @@ describe('AUTH_REQUIRED=false', () => {
     socket.close();
   });
 });
+
+describe('boolean settings as the Node backend writes them', () => {
+  for (const value of ['0', 'off', 'FALSE', 'No']) {
+    test(`AUTH_REQUIRED=${value} starts and admits a client without a token`, async () => {
+      const server = await start({ AUTH_REQUIRED: value });
+      const socket = await connect(server, {});
+      assertErrorAck(await emitAck(socket, 'join_room', 'project:1'), 'FORBIDDEN');
+      socket.close();
+    });
+  }
+
+  test('AUTH_REQUIRED=1 still requires a token; a value that is no boolean stops start-up', async () => {
+    const server = await start({ AUTH_REQUIRED: '1' });
+    assert.equal(await connectError(server, {}), 'Authentication required');
+    await assert.rejects(startServer({ AUTH_REQUIRED: 'maybe' }, { readyTimeoutMs: 5000 }));
+  });
+});
+
+test('a setting left blank (AUTH_REQUIRED=, REDIS_URL=, MAX_ROOM_SIZE=) takes its default, as with the Node backend', async () => {
+  const server = await start({ AUTH_REQUIRED: '', REDIS_URL: '', MAX_ROOM_SIZE: '', PING_INTERVAL_MS: '' });
+  assert.equal(await connectError(server, {}), 'Authentication required');
+  const socket = await connectAs(server, { userId: 'blank', tasks: ['t1'] });
+  assert.deepEqual(await emitAck(socket, 'join_room', 'task:t1'), { success: true, room: 'task:t1', size: 1 });
+  socket.close();
+});

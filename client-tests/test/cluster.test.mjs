@@ -1,8 +1,9 @@
 // Three instances behind one Redis behave as one server (issue: scale-out).
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { API_KEY, apiEmit, assertErrorAck, connectAs, emitAck, expectNoEvent, uniq, waitFor } from './helpers.mjs';
-import { startCluster } from './services.mjs';
+import { startCluster, startRedis } from './services.mjs';
 
 describe('three instances, one Redis', () => {
   let cluster;
@@ -70,5 +71,44 @@ describe('three instances, one Redis', () => {
     await quiet;
     target.close();
     sibling.close();
+  });
+});
+
+describe('REDIS_PREFIX: two deployments on one Redis', () => {
+  let redis;
+  let staging;
+  let prod;
+  before(async () => {
+    redis = await startRedis();
+    staging = await startCluster(2, { REDIS_PREFIX: 'staging:' }, redis);
+    prod = await startCluster(1, { REDIS_PREFIX: 'prod:' }, redis);
+  });
+  after(async () => {
+    await staging.stop();
+    await prod.stop();
+    await redis.stop();
+  });
+
+  test('each deployment hears only itself, and every key and channel carries its prefix', async () => {
+    const p = uniq('p');
+    const [S1, S2] = staging.instances;
+    const [P1] = prod.instances;
+    const s2 = await connectAs(S2, { userId: uniq('s'), projects: [p] });
+    const p1 = await connectAs(P1, { userId: uniq('p'), projects: [p] });
+    const got = waitFor(s2, 'resource_updated');
+    const quiet = expectNoEvent(p1, 'resource_updated', 300);
+    assert.equal((await apiEmit(S1, { rooms: [`project:${p}`], event: 'resource_updated', data: { id: 2 } }, API_KEY)).status, 202);
+    assert.deepEqual(await got, { id: 2 });
+    await quiet;
+    const cli = (...args) => execFileSync('redis-cli', ['-p', String(redis.port), '--raw', ...args], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    const keys = cli('KEYS', '*');
+    const channels = [...cli('PUBSUB', 'CHANNELS'), ...cli('PUBSUB', 'SHARDCHANNELS')];
+    assert.ok(keys.some((k) => k.startsWith('staging:trestle:presence:')), `keys: ${keys}`);
+    assert.ok(keys.some((k) => k.startsWith('prod:trestle:presence:')), `keys: ${keys}`);
+    assert.ok(channels.some((c) => c.startsWith('staging:socket.io')), `channels: ${channels}`);
+    const stray = [...keys, ...channels].filter((n) => !n.startsWith('staging:') && !n.startsWith('prod:'));
+    assert.deepEqual(stray, [], 'keys or channels without a prefix');
+    s2.close();
+    p1.close();
   });
 });

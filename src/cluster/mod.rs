@@ -79,14 +79,20 @@ impl RedisHealth {
     }
 }
 
-/// Connects to Redis and builds the adapter constructor. Fails when Redis cannot be
-/// reached at start-up (a configuration error is better found at once).
-pub async fn connect(url: &str) -> anyhow::Result<(RedisAdapterCtr<FredDriver>, RedisHealth)> {
+/// Connects to Redis and builds the adapter constructor, its channels named from
+/// `channel_prefix`. Fails when Redis cannot be reached at start-up (a configuration error
+/// is better found at once).
+pub async fn connect(
+    url: &str,
+    channel_prefix: String,
+) -> anyhow::Result<(RedisAdapterCtr<FredDriver>, RedisHealth)> {
     let builder = builder(url)?;
     let client = builder
         .build_subscriber_client()
         .context("cannot build the Redis client")?;
-    let adapter_config = RedisAdapterConfig::new().with_request_timeout(REQUEST_TIMEOUT);
+    let adapter_config = RedisAdapterConfig::new()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_prefix(channel_prefix);
     let adapter = RedisAdapterCtr::new_with_fred_config(client.clone(), adapter_config)
         .await
         .context("cannot connect to Redis (REDIS_URL)")?;

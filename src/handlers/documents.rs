@@ -8,12 +8,11 @@
 //! the client's ack: a client that stops reading stops the stream, not the server's memory.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -34,8 +33,6 @@ use crate::{
     time::iso,
 };
 
-/// Bytes per upload chunk (the contract's `chunkSize`; the last chunk may be shorter).
-pub const UPLOAD_CHUNK: i64 = 65_536;
 /// Stream chunk sizes are clamped to this range.
 const STREAM_CHUNK_MIN: u64 = 1024;
 const STREAM_CHUNK_MAX: u64 = 1024 * 1024;
@@ -43,44 +40,8 @@ const STREAM_CHUNK_MAX: u64 = 1024 * 1024;
 const STREAM_CHUNK_DEFAULT: u64 = 65_536;
 /// How long a completion holds its upload; a crashed instance's hold runs out after it.
 const COMPLETION_HOLD: Duration = Duration::from_secs(600);
-/// `upload_progress` at most this often per upload, or every `PROGRESS_STEP` percent.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-const PROGRESS_STEP: i64 = 5;
 /// Most documents `list_documents` returns.
 const LIST_LIMIT: i64 = 1000;
-
-/// What this instance keeps of uploads in progress: when each last told its uploader.
-#[derive(Default)]
-pub struct Documents {
-    progress: Mutex<HashMap<String, (Instant, i64)>>,
-}
-
-impl Documents {
-    /// Whether an `upload_progress` at `percent` is due for `upload`, and if so records it.
-    fn progress_due(&self, upload: &str, percent: i64) -> bool {
-        let mut map = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let due = match map.get(upload) {
-            None => true,
-            Some((at, last)) => {
-                percent == 100
-                    || percent - last >= PROGRESS_STEP
-                    || now.duration_since(*at) >= PROGRESS_EVERY
-            }
-        };
-        if due {
-            map.insert(upload.to_owned(), (now, percent));
-        }
-        due
-    }
-
-    fn forget(&self, upload: &str) {
-        self.progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(upload);
-    }
-}
 
 /// The streams of one socket (in its `Conn`): aborted on cancel, replacement,
 /// disconnect, and when the socket is dropped.
@@ -254,7 +215,9 @@ pub async fn document_upload_start<A: Adapter>(
         document_type,
         size: size as i64,
         sha256,
-        chunk_size: UPLOAD_CHUNK,
+        // Kept with the upload, so that a resume after a restart with another
+        // UPLOAD_CHUNK_SIZE still cuts the file as it began.
+        chunk_size: i64::from(state.config.upload_chunk_bytes()),
         received_bytes: 0,
         next_index: 0,
         created_at: now,
@@ -274,7 +237,7 @@ pub async fn document_upload_start<A: Adapter>(
             ),
         ));
     }
-    Ok(json!({ "uploadId": upload.id, "chunkSize": UPLOAD_CHUNK }))
+    Ok(json!({ "uploadId": upload.id, "chunkSize": upload.chunk_size }))
 }
 
 /// An upload that exists and belongs to `user`.
@@ -439,16 +402,16 @@ pub async fn document_upload_chunk<A: Adapter>(
     } else {
         received * 100 / upload.size
     };
-    if state.documents.progress_due(&upload.id, percent) {
-        let progress = json!({
-            "uploadId": upload.id,
-            "receivedBytes": received,
-            "totalBytes": upload.size,
-            "progress": percent,
-        });
-        if let Err(e) = cx.socket.emit("upload_progress", &progress) {
-            tracing::debug!(error = %e, "could not send upload_progress");
-        }
+    // One `upload_progress` per accepted chunk, as the Node backend sends: clients pace
+    // on it or count it, so none is merged or dropped (contract section 10, Uploads).
+    let progress = json!({
+        "uploadId": upload.id,
+        "receivedBytes": received,
+        "totalBytes": upload.size,
+        "progress": percent,
+    });
+    if let Err(e) = cx.socket.emit("upload_progress", &progress) {
+        tracing::debug!(error = %e, "could not send upload_progress");
     }
     Ok(json!({ "receivedBytes": received }))
 }
@@ -565,7 +528,6 @@ async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Document, AppEr
         .document_publish(&doc, &u.id)
         .await
         .map_err(|e| AppError::internal("publishing a document", format!("{e:#}")))?;
-    state.documents.forget(&u.id);
     if let Err(e) = state.objects.delete_upload(&u.id).await {
         // The document is complete; leftover chunks only take space.
         tracing::warn!(
@@ -598,7 +560,6 @@ async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Document, AppEr
 
 /// Removes an upload: its row, then its chunks.
 async fn discard(state: &AppState, id: &str) {
-    state.documents.forget(id);
     if let Err(e) = state.store.upload_delete(id).await {
         tracing::warn!(error = format!("{e:#}"), "could not remove an upload");
     }
@@ -888,15 +849,6 @@ mod tests {
         assert!(name("..").is_err());
         assert!(name(&"x".repeat(256)).is_err());
         assert!(clean_filename(&json!(5)).is_err());
-    }
-
-    #[test]
-    fn progress_is_throttled() {
-        let d = Documents::default();
-        assert!(d.progress_due("u", 1));
-        assert!(!d.progress_due("u", 2), "too soon and under 5 points");
-        assert!(d.progress_due("u", 6), "5 points on");
-        assert!(d.progress_due("u", 100), "the end always");
     }
 }
 
