@@ -2,11 +2,9 @@
 // mode (and never a secret), warnings for settings that refuse everything, pretty logs
 // without colour codes when not at a terminal, and the standard process_* metrics.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import net from 'node:net';
 import { after, describe, test } from 'node:test';
-import { API_KEY, JWT_SECRET, freePort, metrics, startServer, waitUntil } from './helpers.mjs';
-import { createDatabase } from './services.mjs';
+import { API_KEY, JWT_SECRET, metrics, startServer, waitUntil } from './helpers.mjs';
+import { createDatabase, startRedis } from './services.mjs';
 
 const servers = [];
 after(() => Promise.all(servers.map((s) => s.stop())));
@@ -75,7 +73,7 @@ describe('start-up line', () => {
   });
 
   test('PostgreSQL and Redis URLs with passwords: their kind is logged, never the URL', async () => {
-    const redis = await startRedisWithPassword('operability-redis-password');
+    const redis = await startRedis({ password: 'operability-redis-password' });
     const database = new URL(createDatabase());
     // The test cluster trusts every local login, so any password is accepted.
     database.password = 'operability-pg-password';
@@ -87,7 +85,7 @@ describe('start-up line', () => {
       assertNoSecret(server, ['operability-redis-password', 'operability-pg-password', database.toString(), redis.url]);
       await server.stop();
     } finally {
-      redis.stop();
+      await redis.stop();
     }
   });
 });
@@ -143,36 +141,3 @@ describe('/metrics process metrics', () => {
     }
   });
 });
-
-// A redis-server that requires a password (services.mjs starts them without one).
-async function startRedisWithPassword(password) {
-  const port = await freePort();
-  const proc = spawn(
-    'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--requirepass', password],
-    { stdio: 'ignore' },
-  );
-  const failed = new Promise((_, reject) => proc.once('error', reject));
-  failed.catch(() => {});
-  const answers = () =>
-    new Promise((resolve) => {
-      const sock = net.connect(port, '127.0.0.1');
-      const done = (ok) => {
-        sock.destroy();
-        resolve(ok);
-      };
-      sock.setTimeout(500, () => done(false));
-      sock.on('error', () => done(false));
-      sock.on('connect', () => sock.write(`AUTH ${password}\r\nPING\r\n`));
-      sock.on('data', (d) => done(d.toString().includes('+PONG') || d.toString().startsWith('+OK')));
-    });
-  for (let i = 0; ; i++) {
-    if (await Promise.race([answers(), failed])) break;
-    if (i === 200) throw new Error(`redis-server did not answer on port ${port}`);
-    await new Promise((r) => setTimeout(r, 25)); // readiness poll of a process with no other way to say it listens
-  }
-  return {
-    url: `redis://:${password}@127.0.0.1:${port}`,
-    stop: () => proc.kill('SIGKILL'),
-  };
-}

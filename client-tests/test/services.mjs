@@ -39,8 +39,8 @@ export function createDatabase() {
   return url.toString();
 }
 
-/** Sends PING on a fresh connection; resolves true on +PONG. */
-function ping(port) {
+/** Sends PING (after AUTH when a password is given) on a fresh connection; true on +PONG. */
+function ping(port, password) {
   return new Promise((resolve) => {
     const sock = net.connect(port, '127.0.0.1');
     const done = (ok) => {
@@ -49,29 +49,30 @@ function ping(port) {
     };
     sock.setTimeout(500, () => done(false));
     sock.on('error', () => done(false));
-    sock.on('connect', () => sock.write('PING\r\n'));
-    sock.on('data', (d) => done(d.toString().startsWith('+PONG')));
+    sock.on('connect', () => sock.write(password ? `AUTH ${password}\r\nPING\r\n` : 'PING\r\n'));
+    sock.on('data', (d) => done(d.toString().includes('+PONG')));
   });
 }
 
 /**
- * Starts redis-server on a free port (nothing saved to disk). `stop()` ends it and
- * `start()` brings it back on the same port, for outage tests.
+ * Starts redis-server on a free port (nothing saved to disk), requiring `password` when
+ * given. `stop()` ends it and `start()` brings it back on the same port, for outage tests.
  */
-export async function startRedis() {
+export async function startRedis({ password } = {}) {
   const port = await freePort();
   let proc = null;
   const redis = {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: password ? `redis://:${password}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`,
     async start() {
-      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+      const auth = password ? ['--requirepass', password] : [];
+      proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...auth], {
         stdio: 'ignore',
       });
       const failed = new Promise((_, reject) => proc.once('error', reject));
       failed.catch(() => {});
       for (let i = 0; i < 200; i++) {
-        if (await Promise.race([ping(port), failed])) return;
+        if (await Promise.race([ping(port, password), failed])) return;
         await delay(25); // readiness poll of a process with no other way to say it listens
       }
       throw new Error(`redis-server did not answer on port ${port}`);
