@@ -544,14 +544,17 @@ describe('default limits', () => {
         assert.equal(Number(res.body?.code), 1, res.text);
       }
     }
-    const ws = new WebSocket(`${server.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid=nope`);
-    const status = await new Promise((resolve) => {
-      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode));
-      ws.once('open', () => resolve('open'));
-      ws.once('error', () => resolve('error'));
-    });
-    ws.terminate();
-    assert.equal(status, 400, 'websocket upgrade with an unknown sid');
+    // A malformed sid, and a well-formed one whose session is gone (fix 12: refused before the 101).
+    for (const sid of ['nope', closedSession.sid]) {
+      const ws = new WebSocket(`${server.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+      const status = await new Promise((resolve) => {
+        ws.once('unexpected-response', (_req, res) => resolve(res.statusCode));
+        ws.once('open', () => resolve('open'));
+        ws.once('error', () => resolve('error'));
+      });
+      ws.terminate();
+      assert.equal(status, 400, `websocket upgrade with the unknown sid ${sid}`);
+    }
     const after = await metrics(server);
     assert.equal(delta(before, after, 'trestle_connections_total'), 0);
     await assertUnharmed(server, sc);

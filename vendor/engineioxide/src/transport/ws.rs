@@ -65,6 +65,17 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    // Trestle patch: an upgrade naming a session that does not exist, or one already on a
+    // websocket, is refused with engine.io's 400 before the 101, as engine.io does, rather
+    // than accepted and then dropped (the client could not tell a refusal from a failure).
+    if let Some(sid) = sid {
+        match engine.get_socket(sid) {
+            None => return Err(Error::UnknownSessionID(sid)),
+            Some(socket) if socket.is_ws() => return Err(Error::TransportMismatch),
+            Some(_) => {}
+        }
+    }
+
     tokio::spawn(async move {
         let conn = hyper::upgrade::on(req)
             .await
