@@ -370,8 +370,7 @@ impl Config {
         // A browser's `Origin` is always `scheme://host[:port]` with the default port left
         // out; an entry of another shape (no scheme, a path, `:443` on https) never matches.
         let is_origin = |o: &String| {
-            o == "null"
-                || url::Url::parse(o).is_ok_and(|u| u.origin().ascii_serialization() == *o)
+            o == "null" || url::Url::parse(o).is_ok_and(|u| u.origin().ascii_serialization() == *o)
         };
         if self
             .cors_origin_list()

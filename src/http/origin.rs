@@ -50,20 +50,20 @@ impl Origins {
     }
 }
 
-/// `scheme://host:port`, lower-cased, with the scheme's default port written out, so
-/// that `http://a.example` and `http://A.example:80` compare equal.
+/// `scheme://host:port`, lower-cased, with `ws`/`wss` read as `http`/`https` (a websocket
+/// library may write its `ws://` URL as the origin) and the scheme's default port written
+/// out, so that `ws://A.example` and `http://a.example:80` compare equal.
 fn normalise(scheme: &str, authority: &str) -> Option<String> {
-    let scheme = scheme.to_ascii_lowercase();
+    let (scheme, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => ("http", 80),
+        "https" | "wss" => ("https", 443),
+        _ => return None,
+    };
     let authority: axum::http::uri::Authority = authority.parse().ok()?;
     if authority.as_str().contains('@') {
         return None;
     }
-    let port = match (authority.port_u16(), scheme.as_str()) {
-        (Some(p), _) => p,
-        (None, "http" | "ws") => 80,
-        (None, "https" | "wss") => 443,
-        (None, _) => return None,
-    };
+    let port = authority.port_u16().unwrap_or(default_port);
     Some(format!(
         "{scheme}://{}:{port}",
         authority.host().to_ascii_lowercase()
@@ -100,13 +100,7 @@ fn same_origin(origin: &[u8], uri: &Uri, headers: &HeaderMap, trust_proxy: bool)
         })
         .flatten();
     let own_scheme = forwarded.unwrap_or("http");
-    // A websocket library may write its ws:// URL as the origin; it names the same server.
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "ws" => "http".to_owned(),
-        "wss" => "https".to_owned(),
-        other => other.to_owned(),
-    };
-    match (normalise(&scheme, authority), normalise(own_scheme, host)) {
+    match (normalise(scheme, authority), normalise(own_scheme, host)) {
         (Some(a), Some(b)) => a == b,
         _ => false,
     }
@@ -193,6 +187,11 @@ mod tests {
         assert!(!same("https://api.example.com", &proxied, false));
         assert!(!same("http://api.example.com", &proxied, true));
         let h2: Uri = "http://api.example.com:3001/socket.io/".parse().unwrap();
-        assert!(same_origin(b"http://api.example.com:3001", &h2, &HeaderMap::new(), false));
+        assert!(same_origin(
+            b"http://api.example.com:3001",
+            &h2,
+            &HeaderMap::new(),
+            false
+        ));
     }
 }

@@ -110,6 +110,19 @@ fn is_mixed_binary(a: &Dyn) -> bool {
 
 const NO_ARGS: ArgList = ArgList(Vec::new());
 
+/// A handler that sets `flag` when its first argument is binary, in the handler closure
+/// itself: see the ordering note in `on_main`.
+fn mark_when_binary(
+    flag: Arc<AtomicBool>,
+) -> impl Fn(TryData<ArgList>) -> std::future::Ready<()> + Clone + Send + Sync + 'static {
+    move |TryData(args): TryData<ArgList>| {
+        if args.is_ok_and(|a| a.arg(0).is_bytes()) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        std::future::ready(())
+    }
+}
+
 async fn main_middleware(s: SocketRef) -> Result<(), &'static str> {
     let fail = query(s.req_parts().uri.query().unwrap_or(""))
         .get("fail")
@@ -175,53 +188,31 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
     socket.on("getbin", async |s: SocketRef| {
         s.emit("takebin", &Bytes::from_static(b"asdfasdf")).ok();
     });
-    socket.on(
-        "buffa",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
-                s.emit("buffack", &NO_ARGS).ok();
-            }
-        },
-    );
-    socket.on(
-        "blob",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
-                s.emit("back", &NO_ARGS).ok();
-            }
-        },
-    );
-    socket.on(
-        "jsonbuff",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| is_mixed_binary(a.arg(0))) {
-                s.emit("jsonbuff-ack", &NO_ARGS).ok();
-            }
-        },
-    );
-    socket.on(
-        "jsonblob",
-        async |s: SocketRef, TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| is_mixed_binary(a.arg(0))) {
-                s.emit("jsonblob-ack", &NO_ARGS).ok();
-            }
-        },
-    );
+    // Each of these is answered with an event of its own when its argument has the shape
+    // the suite sends.
+    let shaped: [(&str, &str, fn(&Dyn) -> bool); 4] = [
+        ("buffa", "buffack", Dyn::is_bytes),
+        ("blob", "back", Dyn::is_bytes),
+        ("jsonbuff", "jsonbuff-ack", is_mixed_binary),
+        ("jsonblob", "jsonblob-ack", is_mixed_binary),
+    ];
+    for (event, reply, check) in shaped {
+        socket.on(
+            event,
+            async move |s: SocketRef, TryData(args): TryData<ArgList>| {
+                if args.is_ok_and(|a| check(a.arg(0))) {
+                    s.emit(reply, &NO_ARGS).ok();
+                }
+            },
+        );
+    }
 
     // The suite checks that binary events are handled in the order they were sent: each
     // answer depends on what this socket received before it. socketioxide spawns the future
     // a handler returns, and spawned futures may run in any order, so the state is read and
     // written in the handler closure itself, which it calls in the order of arrival.
     let abuff1 = Arc::new(AtomicBool::new(false));
-    socket.on("abuff1", {
-        let abuff1 = abuff1.clone();
-        move |TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
-                abuff1.store(true, Ordering::SeqCst);
-            }
-            async {}
-        }
-    });
+    socket.on("abuff1", mark_when_binary(abuff1.clone()));
     socket.on("abuff2", move |s: SocketRef| {
         let after_abuff1 = abuff1.load(Ordering::SeqCst);
         async move {
@@ -232,15 +223,7 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
     });
     let blob1 = Arc::new(AtomicBool::new(false));
     let blob2 = Arc::new(AtomicBool::new(false));
-    socket.on("blob1", {
-        let blob1 = blob1.clone();
-        move |TryData(args): TryData<ArgList>| {
-            if args.is_ok_and(|a| a.arg(0).is_bytes()) {
-                blob1.store(true, Ordering::SeqCst);
-            }
-            async {}
-        }
-    });
+    socket.on("blob1", mark_when_binary(blob1.clone()));
     socket.on("blob2", {
         let (blob1, blob2) = (blob1.clone(), blob2.clone());
         move |TryData(args): TryData<ArgList>| {

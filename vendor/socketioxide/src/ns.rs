@@ -33,11 +33,12 @@ pub struct Namespace<A: Adapter> {
     parser: Parser,
     handler: BoxedConnectHandler<A>,
     sockets: RwLock<HashMap<Sid, Arc<Socket<A>>>>,
-    /// Trestle patch: the socket id of each engine.io session connected to this namespace.
+    /// Trestle patch: the socket of each engine.io session connected to this namespace,
+    /// by engine.io session id (every packet a session sends is routed through it).
     /// A socket gets its own random id, as with socket.io v3+: the socket id is public
     /// (the CONNECT answer, rooms, logs) while the engine session id is a credential:
     /// whoever knows it can post and poll packets as that session over long-polling.
-    esids: RwLock<HashMap<Sid, Sid>>,
+    esids: RwLock<HashMap<Sid, Arc<Socket<A>>>>,
     /// The engine.io session ids of the sockets that are connecting to this namespace, but which
     /// are not yet in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
@@ -177,7 +178,7 @@ impl<A: Adapter> Namespace<A> {
             // Trestle patch: and the engine.io session's entry, under the same lock.
             let mut sockets = self.sockets.write().unwrap();
             sockets.insert(sid, socket.clone());
-            self.esids.write().unwrap().insert(esid, sid);
+            self.esids.write().unwrap().insert(esid, socket.clone());
         }
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
@@ -214,7 +215,10 @@ impl<A: Adapter> Namespace<A> {
             let socket = sockets.remove(&sid);
             if let Some(socket) = &socket {
                 let mut esids = self.esids.write().unwrap();
-                if esids.get(&socket.esocket.id) == Some(&sid) {
+                if esids
+                    .get(&socket.esocket.id)
+                    .is_some_and(|s| Arc::ptr_eq(s, socket))
+                {
                     esids.remove(&socket.esocket.id);
                 }
             }
@@ -238,8 +242,12 @@ impl<A: Adapter> Namespace<A> {
 
     /// Trestle patch: the socket of the engine.io session `esid` in this namespace.
     pub(crate) fn get_esocket_socket(&self, esid: Sid) -> Result<Arc<Socket<A>>, Error> {
-        let sid = self.esids.read().unwrap().get(&esid).copied();
-        self.get_socket(sid.ok_or(Error::SocketGone(esid))?)
+        self.esids
+            .read()
+            .unwrap()
+            .get(&esid)
+            .cloned()
+            .ok_or(Error::SocketGone(esid))
     }
 
     pub fn get_socket(&self, sid: Sid) -> Result<Arc<Socket<A>>, Error> {
@@ -479,11 +487,9 @@ impl Namespace<crate::adapter::LocalAdapter> {
     pub fn new_dummy<const S: usize>(sockets: [Sid; S]) -> Arc<Self> {
         let ns = Namespace::new("/".into(), async || (), &(), &SocketIoConfig::default());
         for sid in sockets {
-            ns.sockets
-                .write()
-                .unwrap()
-                .insert(sid, Socket::new_dummy(sid, ns.clone()).into());
-            ns.esids.write().unwrap().insert(sid, sid); // Trestle patch
+            let socket: Arc<Socket<_>> = Socket::new_dummy(sid, ns.clone()).into();
+            ns.sockets.write().unwrap().insert(sid, socket.clone());
+            ns.esids.write().unwrap().insert(sid, socket); // Trestle patch
         }
         ns
     }

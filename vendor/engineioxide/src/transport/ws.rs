@@ -390,7 +390,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         // Trestle patch: an upgrade that finished after the server closed the polling
         // session delivers what was queued here, close packet included: the close that
         // waited for it completes (see `Socket::close`).
-        if buffered_rx.is_empty() {
+        if socket.close_waits_for_delivery() && buffered_rx.is_empty() {
             socket.close_delivered();
         }
     }
