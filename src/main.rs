@@ -5,11 +5,14 @@ use std::{io::IsTerminal, process::ExitCode};
 use tracing_subscriber::{EnvFilter, fmt};
 use trestle::{Config, config::LogFormat};
 
-/// Crates that log raw frames or requests at their lower levels (tungstenite writes every
-/// received message at trace, CONNECT packets and their tokens included). They are capped
-/// whatever `RUST_LOG` says, so that tokens and query strings never reach the logs.
-const PAYLOAD_LOGGERS: &str =
-    "tungstenite=info,tokio_tungstenite=info,hyper=info,hyper_util=info,h2=info";
+/// Crates that log raw frames, requests or engine.io session ids at their lower levels
+/// (tungstenite writes every received message at trace, CONNECT packets and their tokens
+/// included; engineioxide and socketioxide name the engine.io session id, the secret a
+/// long-polling request or an upgrade presents, in their debug lines). They are capped
+/// whatever `RUST_LOG` says, so that tokens, query strings and session ids never reach
+/// the logs; Trestle's own lines name sockets by their public socket id.
+const PAYLOAD_LOGGERS: &str = "tungstenite=info,tokio_tungstenite=info,hyper=info,hyper_util=info,h2=info,\
+     engineioxide=info,socketioxide=info";
 
 fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     let user = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");

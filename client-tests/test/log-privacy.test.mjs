@@ -18,6 +18,10 @@ test('no token or query string in the logs at RUST_LOG=trace', async () => {
     await connect(server, { query: { token: tokens.query, marker: 'query-marker-value' }, transports: ['polling'] }),
   ];
   for (const s of sockets) assert.equal((await emitAck(s, 'join_room', 'bad room')).code, 'INVALID_ROOM');
+  // The engine.io session id is what a polling request or an upgrade presents as `sid`:
+  // whoever reads it in a log could speak for that connection.
+  const sessionIds = sockets.map((s) => s.io.engine.id);
+  for (const id of sessionIds) assert.ok(id && !sockets.some((s) => s.id === id));
   assert.equal(await connectError(server, { auth: { token: tokens.bad } }), 'Authentication failed');
   assert.equal(await connectError(server, { query: { token: tokens.expired } }), 'Token expired');
   for (const s of sockets) s.close();
@@ -31,4 +35,5 @@ test('no token or query string in the logs at RUST_LOG=trace', async () => {
   }
   assert.ok(!out.includes('query-marker-value'), 'a query string value found in the logs');
   assert.ok(!out.includes('token='), 'a token query parameter found in the logs');
+  for (const id of sessionIds) assert.ok(!out.includes(id), `engine.io session id ${id} found in the logs`);
 });
