@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Rewrites vendor/patches/<crate>.diff: each vendored crate against its crates.io release,
-# so that what Trestle changed in socketioxide, engineioxide and the common parser is one
-# readable diff per crate (vendor/README.md says why). Needs network access to crates.io.
+# so that what Trestle changed in socketioxide, engineioxide, the common parser and the
+# Redis adapter (socketioxide-redis) is one readable diff per crate (vendor/README.md says
+# why). Every directory under vendor/ but patches/ is a crate. Needs network access to
+# crates.io.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)

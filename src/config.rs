@@ -90,6 +90,13 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
     pub max_connections_per_ip: u32,
 
+    /// Milliseconds an engine.io session may stay without sending its Socket.IO CONNECT
+    /// (socket.io-client sends it as soon as the transport is open); then it is closed.
+    /// A CONNECT refused by the caps or authentication leaves the session to this
+    /// deadline too. Sessions count toward the connection caps from their handshake.
+    #[arg(long, env = "CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+
     /// Take the client address from the last `X-Forwarded-For` entry (set behind a proxy).
     #[arg(long, env = "TRUST_PROXY", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolish())]
     pub trust_proxy: bool,
@@ -101,6 +108,12 @@ pub struct Config {
     /// Rooms one socket may join with `join_room` (auto-joined rooms not counted).
     #[arg(long, env = "MAX_ROOMS_PER_SOCKET", default_value_t = 200)]
     pub max_rooms_per_socket: usize,
+
+    /// Sockets of one user a room may hold on this instance before that user's next
+    /// `join_room` is FORBIDDEN (0: no cap), so that one user cannot fill a room (any
+    /// `presence:{u}` included) and lock its other users out with ROOM_FULL.
+    #[arg(long, env = "MAX_ROOM_SOCKETS_PER_USER", default_value_t = 10)]
+    pub max_room_sockets_per_user: usize,
 
     /// Events a socket may send per minute (token bucket; typing and upload chunks not
     /// counted; 0 turns the limit off).
@@ -135,6 +148,13 @@ pub struct Config {
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
 
+    /// Milliseconds a client has to send a whole request body (a long-polling POST, an
+    /// `/api/emit` call) from when its head arrived; past it the request is answered 400
+    /// and a polling session is closed. Bounds slow-body clients, which a per-read
+    /// timeout would not (one byte every few seconds keeps resetting it). 0: no deadline.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 20_000)]
+    pub http_body_timeout_ms: u64,
+
     /// Most binary attachments in one Socket.IO packet; a packet declaring more closes
     /// the connection.
     #[arg(long, env = "MAX_BINARY_ATTACHMENTS", default_value_t = 10)]
@@ -151,6 +171,15 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "", value_parser = redis_prefix)]
     pub redis_prefix: String,
 
+    /// Milliseconds one Redis command may take. A command that takes longer (a hung or
+    /// overloaded Redis) marks Redis down: every instance then delivers locally, answers
+    /// `/api/emit` with 503 `CLUSTER_UNAVAILABLE` and `/ready` with 503, without waiting
+    /// on Redis again, until a background PING answers. Cross-instance requests (room
+    /// counts) wait for the other instances at most twice this.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redis_timeout_ms: u64,
+
     /// Database: `postgres://…` for several instances, or `sqlite://…`. Default: a SQLite
     /// file `trestle.db` under `DATA_DIR` (one instance only).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -164,7 +193,8 @@ pub struct Config {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// A user's `typing_comment` is relayed at most once per this many milliseconds per room.
+    /// A user's `typing_comment` is relayed at most once per this many milliseconds per room;
+    /// a socket's repeats within it only push its typing deadline back.
     #[arg(long, env = "TYPING_THROTTLE_MS", default_value_t = 300)]
     pub typing_throttle_ms: u64,
 
@@ -236,9 +266,32 @@ pub struct Config {
     #[arg(long, env = "STREAM_ACK_TIMEOUT_MS", default_value_t = 30_000)]
     pub stream_ack_timeout_ms: u64,
 
+    /// Bytes of document chunks all streams of this instance may have sent and not yet had
+    /// acknowledged; a stream waits for room in it, and `document_stream` answers
+    /// RATE_LIMITED while it is full (0: no budget).
+    #[arg(long, env = "STREAM_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub stream_budget_bytes: u64,
+
     /// How long direct messages and mentions wait for an offline user, in milliseconds.
     #[arg(long, env = "OFFLINE_TTL_MS", default_value_t = 86_400_000)]
     pub offline_ttl_ms: u64,
+
+    /// Direct messages and mentions one sender may have waiting for offline users at once
+    /// (not yet delivered nor expired); past it their direct messages, and comments with
+    /// mentions, are `RATE_LIMITED` until some are read. 0: no quota.
+    #[arg(long, env = "OFFLINE_QUOTA_PER_SENDER", default_value_t = 1_000)]
+    pub offline_quota_per_sender: u64,
+
+    /// Payload bytes the store may hold for offline users in all (every sender together);
+    /// past it every queueing is `RATE_LIMITED` until messages are read or expire. 0: no cap.
+    #[arg(long, env = "OFFLINE_MAX_BYTES", default_value_t = 1 << 30)]
+    pub offline_max_bytes: u64,
+
+    /// Messages kept for a user id never seen connecting (a colleague who has not logged in
+    /// yet, or a mistyped id) instead of 1,000: they get the latest ones on first connect.
+    #[arg(long, env = "OFFLINE_CAP_UNSEEN", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub offline_cap_unseen: u64,
 
     /// Interval of `metrics_update` events to subscribers, in milliseconds.
     #[arg(long, env = "METRICS_INTERVAL_MS", default_value_t = 5_000)]
@@ -382,7 +435,11 @@ impl Config {
                     .into(),
             );
         }
-        let zeros: [(u64, &str); 7] = [
+        let zeros: [(u64, &str); 8] = [
+            (
+                self.connect_timeout_ms,
+                "CONNECT_TIMEOUT_MS is 0: every session is closed before its CONNECT",
+            ),
             (
                 self.max_connections as u64,
                 "MAX_CONNECTIONS is 0: every connection is refused",

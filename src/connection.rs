@@ -81,7 +81,8 @@ struct Job {
 /// What to do for an event. Refusals decided on arrival (unknown name, rate limit) wait
 /// in the same queue, so every answer leaves in the order the events came.
 enum Work {
-    /// The user's queued offline messages, first of all, right after the CONNECT ack.
+    /// The user's queued offline messages, first of all, right after the CONNECT ack
+    /// (and again later when the database did not answer then).
     DeliverOffline,
     Handle(ClientEvent, Value),
     Refuse(AppError),
@@ -106,7 +107,7 @@ pub fn conn_of<A: Adapter>(socket: &Socket<A>) -> Option<Arc<Conn>> {
 /// The client address: the peer address, or with `TRUST_PROXY` the last
 /// `X-Forwarded-For` entry (the one the trusted proxy added; earlier ones are the client's
 /// own claims and could be forged).
-fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> IpAddr {
+pub(crate) fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> IpAddr {
     if trust_proxy
         && let Some(ip) = parts
             .headers
@@ -207,13 +208,14 @@ fn admit_socket<A: Adapter>(
     let presence = (!user.anonymous).then(|| {
         handlers::presence::Lease::new(state.presence.clone(), user.id.clone(), socket.id)
     });
+    let limiter = state.budgets.lease(&budget_key(&user, slot.ip()));
     let conn = Arc::new(Conn {
         user,
         joined: Mutex::new(Vec::new()),
         typing: Default::default(),
         streams: Default::default(),
         presence,
-        limiter: EventLimiter::new(cfg.rate_limit_per_minute, cfg.rate_limit_disconnect_after),
+        limiter,
         inbox: Mutex::new(inbox),
         _slot: slot,
     });
@@ -226,6 +228,17 @@ fn admit_socket<A: Adapter>(
         async move { on_disconnect(app, socket, reason).await }
     });
     Ok(conn)
+}
+
+/// Whose event budget a socket draws from: its user's, or for an anonymous socket (whose
+/// user id is new with every connection) its address's, so that reconnecting does not
+/// refill it either.
+fn budget_key(user: &User, ip: IpAddr) -> String {
+    if user.anonymous {
+        format!("anonymous@{ip}")
+    } else {
+        format!("user:{}", user.id)
+    }
 }
 
 /// The socket itself, for the connect and disconnect handlers (socketioxide's
@@ -266,6 +279,11 @@ async fn on_disconnect<A: Adapter>(
     RawSocket(socket): RawSocket<A>,
     reason: DisconnectReason,
 ) {
+    // The event bucket goes back to the user at once (before the disconnect is counted),
+    // for their next socket: reconnecting finds it as spent as it was.
+    if let Some(conn) = conn_of(&socket) {
+        conn.limiter.release();
+    }
     let label = disconnect_label(reason);
     app.state.metrics.disconnected(label);
     app.metrics_feed.unsubscribe(socket.id);
@@ -312,24 +330,29 @@ impl<A: Adapter> MessageHandler<A, Dispatcher<A>> for Dispatcher<A> {
         let Some(conn) = conn_of(&s) else { return };
         let event = ClientEvent::from_name(&name);
         state.metrics.event(event);
-        let work = match event {
-            None => {
+        // Unknown names count like any other event (contract section 10): answering them
+        // costs the server as much, and a flood of them is refused, then disconnected.
+        let counted = event.is_none_or(|e| e.is_rate_limited());
+        let verdict = if counted {
+            conn.limiter.check()
+        } else {
+            Verdict::Allow
+        };
+        let work = match (verdict, event) {
+            (Verdict::Refuse, _) => {
+                state.metrics.rate_limited();
+                Work::Refuse(AppError::new(Code::RateLimited, "Too many events"))
+            }
+            (Verdict::Disconnect, _) => {
+                state.metrics.rate_limited();
+                Work::RefuseAndDisconnect(AppError::new(Code::RateLimited, "Too many events"))
+            }
+            (Verdict::Allow, None) => {
                 // Echo at most 64 characters of a name the client chose.
                 let shown: String = name.chars().take(64).collect();
                 Work::Refuse(AppError::invalid(format!("Unknown event {shown:?}")))
             }
-            Some(event) if event.is_rate_limited() => match conn.limiter.check() {
-                Verdict::Allow => Work::Handle(event, value),
-                Verdict::Refuse => {
-                    state.metrics.rate_limited();
-                    Work::Refuse(AppError::new(Code::RateLimited, "Too many events"))
-                }
-                Verdict::Disconnect => {
-                    state.metrics.rate_limited();
-                    Work::RefuseAndDisconnect(AppError::new(Code::RateLimited, "Too many events"))
-                }
-            },
-            Some(event) => Work::Handle(event, value),
+            (Verdict::Allow, Some(event)) => Work::Handle(event, value),
         };
         let bytes = match &work {
             Work::Handle(_, value) => payload_bytes(value),
@@ -376,7 +399,12 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
             continue;
         }
         match job.work {
-            Work::DeliverOffline => handlers::messages::deliver_offline(&app, &socket, &conn).await,
+            Work::DeliverOffline => {
+                let delivery = handlers::messages::deliver_offline(&app, &socket, &conn).await;
+                if delivery == handlers::messages::Delivery::Retry {
+                    retry_offline_later(&app, &socket);
+                }
+            }
             Work::Handle(event, mut value) => {
                 let handled = std::panic::AssertUnwindSafe(handlers::handle(
                     &app, &socket, &conn, event, &mut value,
@@ -403,6 +431,35 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
             }
         }
     }
+}
+
+/// The database did not answer while this socket's offline messages were read: they stay
+/// queued, and the delivery is queued again after 5 to 10 s (spread, so that the sockets
+/// of a reconnect storm do not all come back at once), for as long as the socket stays.
+fn retry_offline_later<A: Adapter>(app: &App<A>, socket: &Arc<Socket<A>>) {
+    use std::hash::BuildHasher;
+    let spread = std::hash::RandomState::new().hash_one(socket.id) % 5_000;
+    let delay = std::time::Duration::from_millis(5_000 + spread);
+    let (app, socket) = (app.clone(), Arc::downgrade(socket));
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let Some(socket) = socket.upgrade().filter(|s| s.connected()) else {
+            return;
+        };
+        let Some(conn) = conn_of(&socket) else { return };
+        let start = {
+            let mut inbox = conn.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.queue.push_back(Job {
+                work: Work::DeliverOffline,
+                ack: None,
+                bytes: 0,
+            });
+            !std::mem::replace(&mut inbox.running, true)
+        };
+        if start {
+            tokio::spawn(drain(app, socket, conn));
+        }
+    });
 }
 
 /// Answers an event: its ack when the client asked for one, else an `error` event on

@@ -15,11 +15,13 @@
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
 //! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins;
 //!   [`access`]: those rules plus the main backend's access hook.
-//! - [`limits`]: connection caps and the per-socket event bucket.
+//! - [`limits`]: connection caps and the per-socket event buckets, kept per user.
 //! - [`handlers`]: one module per event family (rooms, comments, typing, presence, tasks,
 //!   messages, documents, metrics), routed from [`handlers::handle`].
-//! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`, the `Origin` check, and
-//!   the hyper server loop with its request-head limits ([`http::serve`]).
+//! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`, the `Origin` check,
+//!   admission of engine.io sessions at their handshake ([`http::admission`]: per-address
+//!   and total caps, descriptor reserve), and the hyper server loop with its request-head
+//!   and body limits ([`http::serve`]).
 //! - `src/bin/conformance/`: the fixtures of socket.io's public test suites (the protocol
 //!   suite, and socket.io-client's own suite with `--suite client`) on the same server
 //!   loop (README, Protocol conformance).

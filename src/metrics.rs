@@ -45,6 +45,7 @@ pub struct Metrics {
     events_seen: AtomicU64,
     rate_limited: Counter,
     api_emit: Counter,
+    redis_lost: Counter,
     started: Instant,
     process: Collector,
 }
@@ -104,6 +105,10 @@ impl Metrics {
             "trestle_presence_changes_total",
             "status_change announcements sent by this instance, by status",
         );
+        describe(
+            "trestle_redis_messages_lost_total",
+            "Broadcasts from other instances received from Redis and dropped before delivery",
+        );
         describe("trestle_uptime_seconds", "Seconds since the server started");
         // The collector records through the `metrics` macros, which reach the global
         // recorder unless a local one is set for the call: this server's recorder is.
@@ -128,7 +133,16 @@ impl Metrics {
             (
                 "trestle_connections_refused_total",
                 "reason",
-                &["capacity", "per_ip", "shutting_down", "origin"],
+                &[
+                    "capacity",
+                    "per_ip",
+                    "shutting_down",
+                    "origin",
+                    // engine.io handshakes refused below the Socket.IO layer (http::admission)
+                    "handshake_capacity",
+                    "handshake_per_ip",
+                    "handshake_shutting_down",
+                ],
             ),
             (
                 "trestle_auth_failures_total",
@@ -166,6 +180,7 @@ impl Metrics {
             events_seen: AtomicU64::new(0),
             rate_limited: counter("trestle_rate_limited_total", vec![]),
             api_emit: counter("trestle_api_emit_total", vec![]),
+            redis_lost: counter("trestle_redis_messages_lost_total", vec![]),
             started: Instant::now(),
             process,
             recorder,
@@ -238,6 +253,11 @@ impl Metrics {
     /// `POST /api/emit` accepted a request.
     pub fn api_emit(&self) {
         self.api_emit.increment(1);
+    }
+
+    /// The Redis adapter has dropped `total` messages since start (it counts them itself).
+    pub fn redis_messages_lost(&self, total: u64) {
+        self.redis_lost.absolute(total);
     }
 
     /// Client events received since start, every name counted.

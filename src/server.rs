@@ -67,9 +67,15 @@ pub struct AppState {
     pub presence: Arc<Registry>,
     /// Throttle of `typing_comment` relays per user and room.
     pub typing: crate::handlers::typing::Throttle,
+    /// Bytes all document streams may have sent unacknowledged (`STREAM_BUDGET_BYTES`).
+    pub stream_budget: crate::handlers::documents::StreamBudget,
+    /// Event buckets per user, kept across reconnects (`RATE_LIMIT_PER_MINUTE`).
+    pub budgets: crate::limits::EventBudgets,
+    /// Offline deliveries under way, one per user, and whether the database is answering.
+    pub deliveries: crate::handlers::messages::Deliveries,
     /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
-    /// both take the last place; offline delivery holds the user's so two sockets of one
-    /// user connecting at once do not both get the queued messages.
+    /// both take the last place. (Offline delivery has a lock per user of its own,
+    /// [`AppState::deliveries`], since it waits on the database.)
     locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
@@ -92,13 +98,21 @@ impl AppState {
                 config.presence_grace_ms,
             ))),
             typing: Default::default(),
+            stream_budget: crate::handlers::documents::StreamBudget::new(
+                config.stream_budget_bytes,
+            ),
+            budgets: crate::limits::EventBudgets::new(
+                config.rate_limit_per_minute,
+                config.rate_limit_disconnect_after,
+            ),
+            deliveries: Default::default(),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })
     }
 
-    /// The lock for `key` (a room name for joins, `user:{id}` for offline delivery). Keys
-    /// share 64 locks, so unrelated keys may wait on each other briefly.
+    /// The lock for `key` (a room name, for joins). Keys share 64 locks, so unrelated keys
+    /// may wait on each other briefly.
     pub fn lock_for(&self, key: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
@@ -139,6 +153,10 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
     let (layer, io) = builder
         .ping_interval(cfg.ping_interval())
         .ping_timeout(cfg.ping_timeout())
+        // A session that has not sent its CONNECT by then is closed (socket.io's default
+        // is 45 s): it counts toward the engine session caps from its handshake
+        // (http::admission), and a refused CONNECT leaves it to this deadline too.
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .max_payload(cfg.max_message_bytes)
         .ws_max_message_size(cfg.max_message_bytes as usize)
         .ws_max_frame_size(cfg.max_message_bytes as usize)
@@ -172,6 +190,11 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
     let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
     let router = http::routes(app.clone())
         .layer(layer)
+        // Engine sessions are counted from their handshake, before the Socket.IO layer.
+        .layer(axum::middleware::from_fn_with_state(
+            http::admission::Admission::new(app.state.clone()),
+            http::admission::check,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             (origins, app.state.clone()),
             http::origin::check,
@@ -226,7 +249,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// Returns once everything is closed or `SHUTDOWN_TIMEOUT_MS` has passed.
 pub async fn serve(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let database_url = config.database_url();
@@ -241,6 +264,8 @@ pub async fn serve(
     Verifier::from_config(&config)?;
     let store = Store::connect(&database_url).await?;
     tracing::info!(database = backend.as_str(), "store ready");
+    // Before the caps are built from it.
+    http::admission::fit_to_descriptors(&mut config);
     let mut state = AppState::new(config, store)?;
     tracing::info!(documents = state.objects.name(), "document storage ready");
     match state.config.redis_url.clone() {
@@ -250,13 +275,15 @@ pub async fn serve(
             serve_app(listener, router, app, shutdown).await
         }
         Some(url) => {
+            let timeout = Duration::from_millis(state.config.redis_timeout_ms);
             let (adapter, health) =
-                cluster::connect(&url, state.config.adapter_channel_prefix()).await?;
+                cluster::connect(&url, state.config.adapter_channel_prefix(), timeout).await?;
+            let link = health.link().clone();
             state.redis = Some(health);
             let grace = Duration::from_millis(state.config.presence_grace_ms);
-            let client = presence::redis_client(&url).await?;
+            let client = presence::redis_client(&url, &link).await?;
             let prefix = state.config.presence_key_prefix();
-            state.presence = Arc::new(Registry::redis(client, &prefix, grace).await?);
+            state.presence = Arc::new(Registry::redis(client, &prefix, grace, link).await?);
             let builder = SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter);
             let (router, app) = app(Arc::new(state), builder);
             app.io
@@ -294,8 +321,13 @@ async fn serve_app<A: Adapter>(
         max_bytes: app.state.config.http_max_header_bytes,
         read_timeout: Duration::from_millis(app.state.config.http_header_timeout_ms),
     };
+    let conns = http::serve::ConnLimits {
+        body_timeout: Some(Duration::from_millis(app.state.config.http_body_timeout_ms))
+            .filter(|t| !t.is_zero()),
+        tcp: Some(http::admission::tcp_limits(&app.state.config)),
+    };
     let server = async move {
-        http::serve::serve(listener, router, limits, stopping).await;
+        http::serve::serve_with(listener, router, limits, conns, stopping).await;
         anyhow::Ok(())
     };
     tokio::pin!(server);

@@ -21,8 +21,8 @@ use std::{
 use futures_util::future::join_all;
 use sqlx::Connection;
 use trestle::store::{
-    Backend, Comment, Document, NewComment, OFFLINE_CAP, Store, Upload, default_database_url,
-    new_id,
+    Backend, Comment, Document, NewComment, NewOffline, OFFLINE_CAP, OfflineUsage, Store, Upload,
+    default_database_url, new_id,
 };
 
 const ROOM: &str = "task:t1:comments";
@@ -393,6 +393,64 @@ async fn offline_ttl_and_purge(store: &Store) {
     assert!(store.offline_pending("u2", 0, 10).await.unwrap().is_empty());
 }
 
+/// The quotas' counts: a sender's entries, and the total bytes through push, trim, ack and
+/// purge.
+async fn offline_usage_counts(store: &Store) {
+    let push = |user: &'static str, sender: &'static str, payload: &'static str, cap, ttl| {
+        let m = NewOffline {
+            user_id: user,
+            sender_id: Some(sender),
+            event: "direct_message",
+            payload_json: payload,
+            now: 1_000,
+            ttl: Duration::from_millis(ttl),
+            cap,
+        };
+        async move { store.offline_queue(&m).await.unwrap() }
+    };
+    let usage =
+        |sender: &'static str, now| async move { store.offline_usage(sender, now).await.unwrap() };
+    assert_eq!(
+        usage("s1", 1_000).await,
+        OfflineUsage {
+            sender_queued: 0,
+            total_bytes: 0
+        }
+    );
+    push("u1", "s1", "aaaa", 2, 10_000).await;
+    push("u1", "s1", "bbbb", 2, 10_000).await;
+    push("u2", "s2", "cc", 1000, 100).await;
+    assert_eq!(
+        usage("s1", 1_000).await,
+        OfflineUsage {
+            sender_queued: 2,
+            total_bytes: 10
+        }
+    );
+    // Over u1's cap of 2: the oldest goes, and its bytes with it.
+    let last = push("u1", "s1", "dddddd", 2, 10_000).await;
+    assert_eq!(
+        usage("s1", 1_000).await,
+        OfflineUsage {
+            sender_queued: 2,
+            total_bytes: 12
+        }
+    );
+    assert_eq!(usage("s2", 1_000).await.sender_queued, 1);
+    // Expired entries no longer count for the sender, and the purge removes their bytes.
+    assert_eq!(usage("s2", 1_100).await.sender_queued, 0);
+    assert_eq!(store.offline_purge_expired(1_100).await.unwrap(), 1);
+    assert_eq!(usage("s2", 1_100).await.total_bytes, 10);
+    assert_eq!(store.offline_ack("u1", last).await.unwrap(), 2);
+    assert_eq!(
+        usage("s1", 1_100).await,
+        OfflineUsage {
+            sender_queued: 0,
+            total_bytes: 0
+        }
+    );
+}
+
 async fn offline_concurrent_pushes(store: &Store) {
     // Many writers at once on the pool's connections: none may fail (SQLite: the busy
     // timeout; PostgreSQL: the queue row lock), and none may be lost.
@@ -598,6 +656,7 @@ on_both_backends!(
     offline_cap,
     offline_ttl_and_purge,
     offline_concurrent_pushes,
+    offline_usage_counts,
     uploads_cap_advance_and_claims,
     documents_publish_and_list,
     ping_and_close,

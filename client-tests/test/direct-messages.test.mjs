@@ -224,3 +224,91 @@ describe('cluster: offline direct messages queued via A, delivered on B', () => 
     for (const s of [sender, onB.s, onA.s]) s.close();
   });
 });
+
+// Issue 13, item 4: what one sender can make the store keep is bounded.
+describe('offline quotas (OFFLINE_QUOTA_PER_SENDER=5, OFFLINE_CAP_UNSEEN=3)', () => {
+  let server;
+  before(async () => {
+    server = await start({ OFFLINE_QUOTA_PER_SENDER: 5, OFFLINE_CAP_UNSEEN: 3 });
+  });
+
+  test('one sender queueing to many offline recipients is RATE_LIMITED at the quota; another sender still can; reading frees it', async () => {
+    const p = uniq('p');
+    const flooder = await connectAs(server, { userId: uniq('flood'), projects: [p] });
+    const recipients = [];
+    for (let i = 0; i < 5; i++) {
+      const to = uniq('nobody');
+      recipients.push(to);
+      assert.equal((await dm(flooder, to, `m${i}`)).delivered, false);
+    }
+    assertErrorAck(await emitAck(flooder, 'direct_message', { to: uniq('nobody'), message: 'one too many' }), 'RATE_LIMITED');
+    // A comment with mentions is refused too, before it is stored; one without is not.
+    const room = `project:${p}:comments`;
+    assertErrorAck(await emitAck(flooder, 'new_comment', { room, content: 'hey', mentions: [uniq('m')] }), 'RATE_LIMITED');
+    assert.equal((await emitAck(flooder, 'new_comment', { room, content: 'no mentions' })).success, true);
+    const list = await emitAck(flooder, 'list_comments', { room });
+    assert.deepEqual(list.comments.map((c) => c.content), ['no mentions']);
+    // Live delivery queues nothing: still allowed.
+    const onlineId = uniq('online');
+    const online = await connectAs(server, { userId: onlineId });
+    const live = waitFor(online, 'direct_message');
+    assert.equal((await dm(flooder, onlineId, 'live')).delivered, true);
+    assert.equal((await live).message, 'live');
+    online.close();
+    // Another sender is not affected.
+    const other = await connectAs(server, { userId: uniq('other') });
+    assert.equal((await dm(other, uniq('nobody'), 'fine')).delivered, false);
+    // Once a recipient has read theirs, the sender may queue one more.
+    const reader = await connectRecording(server, { userId: recipients[0] }, ['direct_message']);
+    assert.equal(reader.recs.direct_message.events.length, 1);
+    assert.equal((await dm(flooder, uniq('nobody'), 'room again')).delivered, false);
+    assertErrorAck(await emitAck(flooder, 'direct_message', { to: uniq('nobody'), message: 'full again' }), 'RATE_LIMITED');
+    for (const s of [flooder, other, reader.s]) s.close();
+  });
+
+  test('a user id never seen keeps the latest OFFLINE_CAP_UNSEEN (3); a user seen before keeps them all', async () => {
+    const unseen = uniq('new-colleague');
+    const seen = uniq('colleague');
+    const before = await connectAs(server, { userId: seen });
+    before.close();
+    await delay(100); // the disconnect reaches the server (the socket leaves its rooms)
+    const senders = await Promise.all([1, 2].map(() => connectAs(server, { userId: uniq('s') })));
+    for (let i = 1; i <= 5; i++) {
+      const from = senders[i % 2];
+      assert.equal((await dm(from, unseen, `u${i}`)).delivered, false);
+      assert.equal((await dm(from, seen, `s${i}`)).delivered, false);
+    }
+    const a = await connectRecording(server, { userId: unseen }, ['direct_message']);
+    assert.deepEqual(a.recs.direct_message.events.map((e) => e.message), ['u3', 'u4', 'u5']);
+    const b = await connectRecording(server, { userId: seen }, ['direct_message']);
+    assert.deepEqual(b.recs.direct_message.events.map((e) => e.message), ['s1', 's2', 's3', 's4', 's5']);
+    for (const s of [...senders, a.s, b.s]) s.close();
+  });
+});
+
+describe('offline store total (OFFLINE_MAX_BYTES=30000, no per-sender quota)', () => {
+  let server;
+  before(async () => {
+    server = await start({ OFFLINE_MAX_BYTES: 30_000, OFFLINE_QUOTA_PER_SENDER: 0 });
+  });
+
+  test('past the total queued bytes every sender is RATE_LIMITED; live delivery still works; reading frees space', async () => {
+    const big = 'x'.repeat(9_000);
+    const senders = await Promise.all([1, 2, 3].map(() => connectAs(server, { userId: uniq('s') })));
+    const to = [];
+    for (let i = 0; i < 3; i++) {
+      to.push(uniq('away'));
+      assert.equal((await dm(senders[i], to[i], big)).delivered, false);
+    }
+    for (const s of senders) assertErrorAck(await emitAck(s, 'direct_message', { to: uniq('away'), message: big }), 'RATE_LIMITED');
+    // a short one still fits
+    assert.equal((await dm(senders[0], uniq('away'), 'short')).delivered, false);
+    const onlineId = uniq('online');
+    const online = await connectAs(server, { userId: onlineId });
+    assert.equal((await dm(senders[1], onlineId, big)).delivered, true);
+    const reader = await connectRecording(server, { userId: to[0] }, ['direct_message']);
+    assert.equal(reader.recs.direct_message.events.length, 1);
+    assert.equal((await dm(senders[2], uniq('away'), big)).delivered, false);
+    for (const s of [...senders, online, reader.s]) s.close();
+  });
+});

@@ -21,6 +21,7 @@ import {
   startServer,
   uniq,
   waitFor,
+  waitUntil,
 } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
@@ -991,5 +992,73 @@ describe('Trestle limits', () => {
     assert.ok(held <= 4);
     assert.equal(completes.events.length, 1, 'document_complete count');
     s.close();
+  });
+});
+
+// Streams were bounded per socket (3) and per stream (the window) only: 97 sockets × 3
+// never-acknowledged streams held +164–284 MiB for 30 s. STREAM_BUDGET_BYTES bounds the
+// unacknowledged chunk bytes of the whole instance; past it document_stream is RATE_LIMITED.
+describe('STREAM_BUDGET_BYTES (8 MiB here)', () => {
+  test('readers that never ack get at most the budget in all; a new stream is RATE_LIMITED until acks give room back; RSS grows < 48 MiB', async (t) => {
+    const server = await start({ STREAM_BUDGET_BYTES: 8 * MiB });
+    const p = uniq('p');
+    const uid = uniq('u');
+    const uploader = await connectAs(server, { userId: uid, projects: [p] });
+    const docs = [];
+    for (let i = 0; i < 3; i++) docs.push(await uploadDocument(uploader, { projectId: p, data: crypto.randomBytes(4 * MiB), uploadedBy: uid }));
+
+    // Two readers of 1 MiB chunks, window 4: 8 MiB unacknowledged, the whole budget.
+    const held = [];
+    const readers = [];
+    for (let i = 0; i < 2; i++) {
+      const s = await connectAs(server, { userId: uniq('r'), projects: [p] });
+      const mine = [];
+      held.push(mine);
+      s.on('document_chunk', (chunk, ack) => mine.push({ chunk, ack }));
+      readers.push(s);
+      await ok(s, 'document_stream', { documentId: docs[0].id, chunkSize: MiB });
+    }
+    await waitUntil(() => held.every((h) => h.length === 4), 10_000);
+    const late = await connectAs(server, { userId: uniq('r'), projects: [p] });
+    assertErrorAck(await emitAck(late, 'document_stream', { documentId: docs[1].id, chunkSize: MiB }), 'RATE_LIMITED');
+    // The first reader acks: its stream ends and gives its 4 MiB back.
+    const done = waitFor(readers[0], 'document_complete', 10_000);
+    for (const { ack } of held[0]) ack();
+    await done;
+    const lateChunks = record(late, 'document_chunk');
+    await ok(late, 'document_stream', { documentId: docs[1].id, chunkSize: 64 * 1024 });
+    await waitUntil(() => lateChunks.events.length >= 4, 10_000);
+
+    // 24 more sockets × 3 streams that never ack: without the budget, 288 MiB in flight.
+    const pid = server.proc.pid;
+    const baseline = rssBytes(pid);
+    let received = 0;
+    let refused = 0;
+    const crowd = [];
+    for (let i = 0; i < 24; i++) {
+      const s = await connectAs(server, { userId: uniq('c'), projects: [p] });
+      s.on('document_chunk', (chunk) => {
+        received += toBuf(chunk.data).length;
+      });
+      crowd.push(s);
+      for (const doc of docs) {
+        const ack = await emitAck(s, 'document_stream', { documentId: doc.id, chunkSize: MiB });
+        if (ack.success) continue;
+        assertErrorAck(ack, 'RATE_LIMITED');
+        refused += 1;
+      }
+    }
+    let peak = baseline;
+    for (let i = 0; i < 15; i++) {
+      await delay(100);
+      peak = Math.max(peak, rssBytes(pid));
+    }
+    await flush(server, ...crowd);
+    t.diagnostic(`crowd: ${refused} of 72 streams refused, ${mib(received)} received unacknowledged; server RSS ${mib(baseline)} before, peak ${mib(peak)} (+${mib(peak - baseline)})`);
+    assert.ok(refused > 0, 'no stream was refused past the budget');
+    // The budget is shared with the 4 chunks of 64 KiB the late reader holds.
+    assert.ok(received <= 8 * MiB, `${mib(received)} streamed without acks, over the 8 MiB budget`);
+    assert.ok(peak - baseline < 48 * MiB, `RSS grew by ${mib(peak - baseline)}`);
+    for (const s of [uploader, ...readers, late, ...crowd]) s.close();
   });
 });

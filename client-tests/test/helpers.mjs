@@ -321,8 +321,8 @@ export async function flush(server, ...sockets) {
   await Promise.all(
     sockets.map(async (socket) => {
       const nonce = `${process.pid}-${++markerSeq}`;
-      const arrived = waitFor(socket, 'flush_marker', 3000, (d) => d?.nonce === nonce);
-      const res = await apiEmit(server.url, { rooms: [socket.id], event: 'flush_marker', data: { nonce } }, server.apiKey);
+      const arrived = waitFor(socket, 'flush_marker', 15_000, (d) => d?.nonce === nonce);
+      const res = await apiEmitAccepted(server.url, { rooms: [socket.id], event: 'flush_marker', data: { nonce } }, server.apiKey);
       assert.equal(res.status, 202, `flush marker refused: ${res.status} ${JSON.stringify(res.body)}`);
       await arrived;
     }),
@@ -370,6 +370,21 @@ export function apiEmit(base, body, key, requestOpts = {}) {
   const headers = { 'content-type': 'application/json' };
   if (key !== undefined) headers.authorization = `Bearer ${key}`;
   return rawRequest(`${url}/api/emit`, { method: 'POST', headers, body: payload, ...requestOpts });
+}
+
+/**
+ * POST /api/emit as a publisher should: a 503 (`CLUSTER_UNAVAILABLE`: Redis down, or an
+ * instance left a moment ago and the cluster has not settled) is retried after its
+ * Retry-After, for at most `withinMs`. Resolves with the last answer.
+ */
+export async function apiEmitAccepted(base, body, key, { withinMs = 10_000, ...requestOpts } = {}) {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    const res = await apiEmit(base, body, key, requestOpts);
+    if (res.status !== 503 || Date.now() >= deadline) return res;
+    const after = Number(res.headers['retry-after']) || 1;
+    await new Promise((r) => setTimeout(r, Math.min(after * 1000, Math.max(0, deadline - Date.now()))));
+  }
 }
 
 /**

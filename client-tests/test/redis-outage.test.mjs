@@ -2,7 +2,7 @@
 // delivery keeps working, cross-instance delivery resumes by itself (issue: scale-out).
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { API_KEY, apiEmit, connectAs, emitAck, httpGet, uniq, waitFor } from './helpers.mjs';
+import { API_KEY, apiEmit, connectAs, emitAck, expectNoEvent, httpGet, uniq, waitFor } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
 const delay = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -21,7 +21,7 @@ async function readyBecomes(server, status, withinMs) {
 let cluster;
 after(() => cluster?.stop());
 
-test('Redis restart: 503 naming redis, local delivery meanwhile, cross-instance delivery back within 10 s', async () => {
+test('Redis restart: 503 naming redis, local delivery of client events meanwhile, /api/emit 503 CLUSTER_UNAVAILABLE, cross-instance delivery back within 10 s', async () => {
   cluster = await startCluster(2);
   const [A, B] = cluster.instances;
   const p = uniq('p');
@@ -34,10 +34,14 @@ test('Redis restart: 503 naming redis, local delivery meanwhile, cross-instance 
   const down = await readyBecomes(A, 503, 5000);
   assert.deepEqual(down.body, { status: 'unavailable', failed: ['redis'] });
 
-  // Local delivery keeps working: the publish API and broadcast_room reach A's sockets.
-  const local = waitFor(a1, 'during_outage', 5000);
-  assert.equal((await apiEmit(A, { rooms: [room], event: 'during_outage', data: 1 }, API_KEY)).status, 202);
-  assert.equal(await local, 1);
+  // The publish API says the event did not reach the cluster and delivers nothing (so
+  // that the publisher's retry delivers it once); client events reach A's sockets.
+  const nothing = expectNoEvent(a1, 'during_outage', 300);
+  const refused = await apiEmit(A, { rooms: [room], event: 'during_outage', data: 1 }, API_KEY);
+  assert.equal(refused.status, 503);
+  assert.equal(refused.body.code, 'CLUSTER_UNAVAILABLE');
+  assert.equal(refused.body.success, false);
+  await nothing;
   const relayed = waitFor(a2, 'outage_relay', 5000);
   assert.deepEqual(await emitAck(a1, 'broadcast_room', room, 'outage_relay', 2), { success: true });
   assert.equal(await relayed, 2);

@@ -305,3 +305,38 @@ describe('MAX_ROOMS_PER_SOCKET=2', () => {
     other.close();
   });
 });
+
+// Any authenticated user may join `presence:{u}`: one user's sockets used to fill it (or any
+// room) up to MAX_ROOM_SIZE, so that the user's colleagues got ROOM_FULL. A user now holds
+// at most MAX_ROOM_SOCKETS_PER_USER (10) places in a room on an instance.
+describe('MAX_ROOM_SIZE=20: one user cannot lock others out of a room', () => {
+  let server;
+  before(async () => {
+    server = await start({ MAX_ROOM_SIZE: 20 });
+  });
+
+  test("19 sockets of one user join presence:{victim}: the 11th is FORBIDDEN, the victim's colleague still joins", async () => {
+    const victim = await connectAs(server, { userId: 'victim' }); // auto-joined to presence:victim
+    const squatters = [];
+    const acks = [];
+    for (let i = 0; i < 19; i++) {
+      const s = await connectAs(server, { userId: 'squatter' });
+      squatters.push(s);
+      acks.push(await emitAck(s, 'join_room', 'presence:victim'));
+    }
+    for (const [i, ack] of acks.entries()) {
+      if (i < 10) assert.deepEqual(ack, { success: true, room: 'presence:victim', size: i + 2 }, `join ${i + 1}`);
+      else assertErrorAck(ack, 'FORBIDDEN');
+    }
+    const colleague = await connectAs(server, { userId: 'colleague' });
+    assert.deepEqual(await emitAck(colleague, 'join_room', 'presence:victim'), { success: true, room: 'presence:victim', size: 12 });
+    // the squatter's places are its own: one leaves, another of its sockets may join
+    assert.equal((await emitAck(squatters[0], 'leave_room', 'presence:victim')).success, true);
+    assert.deepEqual(await emitAck(squatters[10], 'join_room', 'presence:victim'), { success: true, room: 'presence:victim', size: 12 });
+    // auto-joined places are never refused: the victim's 11th socket is in its own room
+    const own = [];
+    for (let i = 0; i < 11; i++) own.push(await connectAs(server, { userId: 'victim' }));
+    assert.deepEqual(await emitAck(own[10], 'join_room', 'presence:victim'), { success: true, room: 'presence:victim', size: 23 });
+    for (const s of [victim, colleague, ...squatters, ...own]) s.close();
+  });
+});

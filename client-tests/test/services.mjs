@@ -64,6 +64,10 @@ export async function startRedis({ password } = {}) {
   const redis = {
     port,
     url: password ? `redis://:${password}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`,
+    /** The redis-server process id (to stop it with SIGSTOP: a hung Redis). */
+    get pid() {
+      return proc?.pid;
+    },
     async start() {
       const auth = password ? ['--requirepass', password] : [];
       proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...auth], {

@@ -1,7 +1,9 @@
 // Sections 4 (typing_comment, typing_stop) and 10 (Typing, Who receives what): typing
 // indicators, the relay throttle, typing_stopped on stop / timeout / comment / disconnect.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
 import {
   ISO_UTC,
   assertErrorAck,
@@ -11,8 +13,10 @@ import {
   record,
   uniq,
   waitFor,
+  waitUntil,
   join,
   serverPool,
+  signToken,
 } from './helpers.mjs';
 import { startCluster } from './services.mjs';
 
@@ -206,6 +210,123 @@ describe('automatic typing_stopped (TYPING_TIMEOUT_MS=1000)', () => {
     await flush(server, sc.observer);
     assert.equal(stopped.events.length, 1);
     sc.close();
+  });
+});
+
+const MiB = 1024 * 1024;
+const rss = (pid) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) * 1024;
+const mib = (n) => `${(n / MiB).toFixed(1)} MiB`;
+
+/** A raw engine.io websocket with a socket.io CONNECT done: floods without client overhead. */
+async function rawSocket(server, claims) {
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/socket.io/?EIO=4&transport=websocket`);
+  const connected = new Promise((resolve, reject) => {
+    ws.on('message', (data) => {
+      const f = data.toString();
+      if (f === '2') ws.send('3');
+      else if (f.startsWith('0')) ws.send(`40${JSON.stringify({ token: signToken(claims) })}`);
+      else if (f.startsWith('40')) resolve(ws);
+      else if (f.startsWith('44')) reject(new Error(f));
+    });
+    ws.on('error', reject);
+  });
+  return connected;
+}
+
+/** Sends `frame` as fast as the socket takes it for `ms`; resolves with the count sent. */
+async function flood(ws, frame, ms) {
+  const end = Date.now() + ms;
+  let sent = 0;
+  while (Date.now() < end && ws.readyState === WebSocket.OPEN) {
+    if (ws.bufferedAmount < 256 * 1024) {
+      for (let i = 0; i < 200; i++) ws.send(frame);
+      sent += 200;
+    }
+    await new Promise((r) => setImmediate(r));
+  }
+  return sent;
+}
+
+// Each typing_comment used to start a 5 s timer task of its own: 10 sockets flooding for
+// 10 s grew the server by 567 MiB, which stayed. Now a socket has one deadline per room
+// that later events push back, and repeats within TYPING_THROTTLE_MS stop at that.
+describe('typing floods (default settings)', () => {
+  let server;
+  before(async () => {
+    server = await start();
+  });
+
+  // One room and one observer per typist: relays are volatile, and socketioxide keeps only
+  // the latest volatile packet waiting for a client, so ten typing_stopped sent to one
+  // observer in the same millisecond may arrive as fewer.
+  test('10 sockets flooding typing_comment for 6 s: server RSS grows < 48 MiB, relays stay throttled, no typing_stopped while typing, one ~5 s after', async (t) => {
+    const typists = [];
+    for (let i = 0; i < 10; i++) {
+      const p = uniq('p');
+      const room = `project:${p}:comments`;
+      const observer = await connectAs(server, { userId: uniq('obs'), projects: [p] });
+      await join(observer, room);
+      const userId = uniq(`flood${i}-`);
+      const ws = await rawSocket(server, { userId, projects: [p] });
+      ws.send(`421["join_room","${room}"]`);
+      typists.push({ userId, ws, room, observer });
+    }
+    await flush(server, ...typists.map((x) => x.observer));
+    for (const x of typists) {
+      x.comments = record(x.observer, 'typing_comment');
+      x.stopped = record(x.observer, 'typing_stopped');
+    }
+    const pid = server.proc.pid;
+    const baseline = rss(pid);
+    let peak = baseline;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, rss(pid));
+    }, 100);
+    const FLOOD_MS = 6000;
+    const sent = await Promise.all(typists.map(({ ws, room }) => flood(ws, `42["typing_comment",{"room":"${room}"}]`, FLOOD_MS)));
+    const ended = Date.now();
+    await flush(server, ...typists.map((x) => x.observer));
+    clearInterval(sampler);
+    peak = Math.max(peak, rss(pid));
+    const total = sent.reduce((a, b) => a + b, 0);
+    t.diagnostic(`${total} typing_comment frames sent in ${FLOOD_MS} ms; server RSS ${mib(baseline)} before, peak ${mib(peak)} (+${mib(peak - baseline)})`);
+    assert.ok(total > 10_000, `the flood was too small to show anything (${total} frames)`);
+    assert.ok(peak - baseline < 48 * MiB, `RSS grew by ${mib(peak - baseline)} during the typing flood`);
+    for (const x of typists) {
+      assert.equal(x.ws.readyState, WebSocket.OPEN, 'a typist was disconnected');
+      assert.deepEqual(x.stopped.events, [], 'typing_stopped while the typist kept typing: later events must push the deadline back');
+      const n = x.comments.events.length;
+      assert.ok(n >= 1 && n <= FLOOD_MS / 300 + 3, `${x.userId}: ${n} typing_comment relays in ${FLOOD_MS} ms (throttle 300 ms)`);
+    }
+    // Silence: each typist's one deadline fires about TYPING_TIMEOUT_MS (5 s) later.
+    await waitUntil(() => typists.every((x) => x.stopped.events.length > 0), 9000);
+    const after = Date.now() - ended;
+    assert.ok(after >= 4000, `typing_stopped ${after} ms after the last typing_comment`);
+    await flush(server, ...typists.map((x) => x.observer));
+    for (const x of typists) assert.deepEqual(x.stopped.events, [{ userId: x.userId, room: x.room }]);
+    const settled = rss(pid);
+    t.diagnostic(`server RSS once the typists stopped: ${mib(settled)}`);
+    assert.ok(settled - baseline < 48 * MiB, `RSS stayed ${mib(settled - baseline)} above the baseline`);
+    for (const x of typists) {
+      x.ws.terminate();
+      x.observer.close();
+    }
+  });
+
+  test('a socket types in at most 8 rooms at once: a 9th is RATE_LIMITED until one stops', async () => {
+    const projects = Array.from({ length: 9 }, () => uniq('p'));
+    const rooms = projects.map((p) => `project:${p}:comments`);
+    const s = await connectAs(server, { userId: uniq('u'), projects });
+    for (const room of rooms.slice(0, 8)) await typing(s, room);
+    assertErrorAck(await emitAck(s, 'typing_comment', { room: rooms[8] }), 'RATE_LIMITED');
+    await typing(s, rooms[0]); // a room it types in already is fine
+    await typingStop(s, rooms[0]);
+    await typing(s, rooms[8]);
+    // another socket of the same user has its own rooms
+    const other = await connectAs(server, { userId: uniq('u'), projects });
+    await typing(other, rooms[0]);
+    s.close();
+    other.close();
   });
 });
 

@@ -9,10 +9,12 @@
 //! connection stays broken (every publish fails with a broken pipe) and its subscriptions
 //! are gone, so instances stop hearing each other until restarted. fred reconnects on its
 //! own, and `resubscribe_on_reconnect` subscribes the adapter's channels again after
-//! each reconnect. While Redis is away, [`emit`] delivers to this instance's sockets only and
-//! [`count`] counts them, so local users keep working.
+//! each reconnect. While Redis is away or hung ([`link`]: every command has a deadline,
+//! and one missed deadline marks Redis down for every caller), [`emit`] delivers to this
+//! instance's sockets only and [`count`] counts them, so local users keep working, while
+//! [`emit_everywhere`] (`/api/emit`) refuses, so the publisher knows to retry.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use fred::{
@@ -27,15 +29,22 @@ use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr, drivers::fred::Fre
 
 use crate::server::AppState;
 
+pub mod link;
 pub mod presence;
 
-/// How long a cross-instance request (room counts, socket lookups) or a Redis command may
-/// take before it fails, so that a missing instance or Redis cannot make a client wait long.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub use link::Link;
+
+/// How long a cross-instance request (room counts, socket lookups) waits for the other
+/// instances' answers, for a Redis command deadline of `timeout` (`REDIS_TIMEOUT_MS`): twice
+/// it, since the answers take two trips through Redis and the other instance's scheduling.
+/// A hung Redis fails such a request sooner, at its first command.
+pub fn request_timeout(timeout: Duration) -> Duration {
+    timeout * 2
+}
 
 /// A client builder for `url` with the settings every Trestle connection uses: RESP3,
-/// reconnects forever every 500 ms, commands failing after [`REQUEST_TIMEOUT`].
-fn builder(url: &str) -> anyhow::Result<Builder> {
+/// reconnects forever every 500 ms, commands failing after `timeout` (`REDIS_TIMEOUT_MS`).
+fn builder(url: &str, timeout: Duration) -> anyhow::Result<Builder> {
     let mut config = Config::from_url(url).context("REDIS_URL is not a valid Redis URL")?;
     // fred does not read the protocol from the URL; the adapter's driver needs RESP3.
     config.version = RespVersion::RESP3;
@@ -43,10 +52,10 @@ fn builder(url: &str) -> anyhow::Result<Builder> {
     let mut builder = Builder::from_config(config);
     // Reconnect forever, every 500 ms: an outage of any length ends by itself.
     builder.set_policy(ReconnectPolicy::new_constant(0, RECONNECT_DELAY_MS));
-    builder.with_performance_config(|p| p.default_command_timeout = REQUEST_TIMEOUT);
+    builder.with_performance_config(|p| p.default_command_timeout = timeout);
     builder.with_connection_config(|c| {
-        c.connection_timeout = REQUEST_TIMEOUT;
-        c.internal_command_timeout = REQUEST_TIMEOUT;
+        c.connection_timeout = timeout;
+        c.internal_command_timeout = timeout;
     });
     Ok(builder)
 }
@@ -58,6 +67,8 @@ const RECONNECT_DELAY_MS: u32 = 500;
 #[derive(Clone)]
 pub struct RedisHealth {
     client: SubscriberClient,
+    link: Arc<Link>,
+    driver: FredDriver,
 }
 
 impl RedisHealth {
@@ -66,18 +77,46 @@ impl RedisHealth {
         self.client.is_connected()
     }
 
-    /// Whether Redis answers a PING within a second.
+    /// Messages from the other instances that this one received from Redis and dropped
+    /// before delivering them (`trestle_redis_messages_lost_total`), since start.
+    pub fn lost_messages(&self) -> u64 {
+        self.driver.lost_messages()
+    }
+
+    /// Whether Redis answers: not marked down, and both connections answer a PING within
+    /// `REDIS_TIMEOUT_MS` (a PING that does not marks it down).
     pub async fn ping(&self) -> bool {
-        if !self.is_connected() {
+        if self.link.is_down() {
             return false;
         }
-        let ping = self.client.ping::<String>(None);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Ok(_))
-        )
+        let answers = self.link.answers().await;
+        if !answers {
+            self.link.failed(&"no answer to PING");
+        }
+        answers
+    }
+
+    /// Redis's up or down state, shared by every Redis caller.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 }
+
+/// Messages from Redis that may wait for the adapter's dispatch task (fred's pub/sub channel;
+/// fred's default is 32): fred never waits for that task, and messages past this are lost.
+/// At 1,400 broadcasts a second this covers seconds of a busy runtime not scheduling the
+/// task (measured loss at 32: `cluster-load.test.mjs`); the slots cost about 200 bytes each.
+const PUBSUB_CHANNEL_CAPACITY: usize = 8192;
+
+/// Broadcasts received from Redis that may wait for this instance to deliver them to its
+/// sockets (the adapter's default is 1,024); past it they are lost (counted and logged).
+const ADAPTER_STREAM_BUFFER: usize = 16_384;
+
+/// How long a broadcast to every instance may reach fewer instances than before and be
+/// reported as not having reached the whole cluster (`/api/emit` 503), before the missing
+/// instances are taken as gone: longer than an instance takes to subscribe again after a
+/// Redis restart (a reconnect every [`RECONNECT_DELAY_MS`]).
+const SERVER_LOSS_GRACE: Duration = Duration::from_secs(5);
 
 /// Connects to Redis and builds the adapter constructor, its channels named from
 /// `channel_prefix`. Fails when Redis cannot be reached at start-up (a configuration error
@@ -85,17 +124,22 @@ impl RedisHealth {
 pub async fn connect(
     url: &str,
     channel_prefix: String,
+    timeout: Duration,
 ) -> anyhow::Result<(RedisAdapterCtr<FredDriver>, RedisHealth)> {
-    let builder = builder(url)?;
+    let mut builder = builder(url, timeout)?;
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = PUBSUB_CHANNEL_CAPACITY);
     let client = builder
         .build_subscriber_client()
         .context("cannot build the Redis client")?;
     let adapter_config = RedisAdapterConfig::new()
-        .with_request_timeout(REQUEST_TIMEOUT)
-        .with_prefix(channel_prefix);
-    let adapter = RedisAdapterCtr::new_with_fred_config(client.clone(), adapter_config)
+        .with_request_timeout(request_timeout(timeout))
+        .with_prefix(channel_prefix)
+        .with_stream_buffer(ADAPTER_STREAM_BUFFER)
+        .with_server_loss_grace(SERVER_LOSS_GRACE);
+    let driver = FredDriver::new(client.clone())
         .await
         .context("cannot connect to Redis (REDIS_URL)")?;
+    let adapter = RedisAdapterCtr::new_with_driver(driver.clone(), adapter_config);
     // The adapter's channels are subscribed through this client: after a reconnect, the
     // same subscriptions are made again.
     resubscribe_on_reconnect(client.clone());
@@ -111,7 +155,15 @@ pub async fn connect(
         Some(v) => tracing::info!(version = v, "connected to Redis"),
         None => tracing::warn!("could not read the Redis version"),
     }
-    Ok((adapter, RedisHealth { client }))
+    let link = Link::new(client.clone(), timeout);
+    Ok((
+        adapter,
+        RedisHealth {
+            client,
+            link,
+            driver,
+        },
+    ))
 }
 
 /// Subscribes the tracked shard channels again after every reconnect. fred's own
@@ -151,10 +203,62 @@ fn redis_major_version(info: &str) -> Option<u32> {
 }
 
 /// Whether cluster-wide operations are worth trying: no Redis configured (the local
-/// adapter is the whole cluster) or its connection is up. While it is down, trying would
-/// only wait for the command timeout.
+/// adapter is the whole cluster), or its connection is up and Redis is not marked down
+/// ([`Link`]). While it is down, trying would only wait for the command deadline.
 fn reachable(state: &AppState) -> bool {
-    state.redis.as_ref().is_none_or(RedisHealth::is_connected)
+    state.redis.as_ref().is_none_or(|r| r.link.is_usable())
+}
+
+/// After an adapter call failed: when a Redis command failed under it (timed out, or the
+/// connection failed), Redis is marked down so that the next callers do not wait on it too
+/// (should Redis be fine after all, the probe finds it up again within 250 ms). Other
+/// failures (a broadcast that reached only some instances) say nothing about Redis.
+fn note_failure(state: &AppState, e: &socketioxide_core::adapter::errors::AdapterError) {
+    let Some(redis) = &state.redis else { return };
+    if let Some(socketioxide_redis::Error::Driver(fe)) =
+        e.0.downcast_ref::<socketioxide_redis::Error<FredDriver>>()
+    {
+        redis.link.failed(fe);
+    }
+}
+
+/// Why [`emit_everywhere`] could not say the event reached every instance.
+#[derive(Debug, thiserror::Error)]
+pub enum NotEverywhere {
+    /// Redis is down or the publish failed: no instance got the event (not even this one),
+    /// unless the adapter reached only some instances ([`reached_only_some`]), whose
+    /// clients got it.
+    #[error("the event could not be published to every instance")]
+    Cluster,
+    /// The event could not be built (serialising the data).
+    #[error(transparent)]
+    Local(BroadcastError),
+}
+
+/// Emits through the adapter to every instance, or says it could not (`/api/emit`): while
+/// Redis is marked down nothing is delivered and [`NotEverywhere::Cluster`] is returned at
+/// once, so that the publisher's retry delivers the event once everywhere. Any adapter
+/// error is [`NotEverywhere::Cluster`]. Sockets of this instance that could not take the
+/// event (slow consumers being disconnected) do not make it fail: a retry would not reach
+/// them either, and would repeat it for everyone else.
+pub async fn emit_everywhere<A: Adapter, T: Serialize + ?Sized>(
+    state: &AppState,
+    op: impl Fn() -> BroadcastOperators<A>,
+    event: &str,
+    data: &T,
+) -> Result<(), NotEverywhere> {
+    if !reachable(state) {
+        return Err(NotEverywhere::Cluster);
+    }
+    match op().emit(event, data).await {
+        Ok(()) | Err(BroadcastError::Socket(_)) => Ok(()),
+        Err(BroadcastError::Adapter(e)) => {
+            note_failure(state, &e);
+            tracing::warn!(error = %e, event, "cluster emit failed; the publisher is told to retry");
+            Err(NotEverywhere::Cluster)
+        }
+        Err(e) => Err(NotEverywhere::Local(e)),
+    }
 }
 
 /// Emits through the adapter (every instance). When the cluster cannot be reached, the
@@ -171,11 +275,36 @@ pub async fn emit<A: Adapter, T: Serialize + ?Sized>(
     }
     match op().emit(event, data).await {
         Ok(()) => Ok(()),
+        // Delivered here and on the instances reached: delivering here again would repeat
+        // it. Client events have no retry to offer (`/api/emit` does: [`emit_everywhere`]).
+        Err(e) if reached_only_some(&e) => {
+            tracing::warn!(error = %e, event, "cluster emit missed instances not subscribed yet");
+            Ok(())
+        }
+        // Published, but some sockets here could not take it (slow consumers): again here
+        // would repeat it to the others.
+        Err(e @ BroadcastError::Socket(_)) => Err(e),
         Err(e) => {
+            if let BroadcastError::Adapter(a) = &e {
+                note_failure(state, a);
+            }
             tracing::warn!(error = %e, event, "cluster emit failed; delivering on this instance only");
             op().local().emit(event, data).await
         }
     }
+}
+
+/// Whether a broadcast reached this instance and some others but not every instance seen
+/// recently (the adapter's `server_loss_grace` check), e.g. one still subscribing again
+/// after a Redis restart.
+pub fn reached_only_some(e: &BroadcastError) -> bool {
+    let BroadcastError::Adapter(e) = e else {
+        return false;
+    };
+    matches!(
+        e.0.downcast_ref::<socketioxide_redis::Error<FredDriver>>(),
+        Some(socketioxide_redis::Error::Incomplete { .. })
+    )
 }
 
 /// Sockets matched by `op` on every instance, or on this instance when the cluster cannot
@@ -187,6 +316,8 @@ pub async fn count<A: Adapter>(state: &AppState, op: impl Fn() -> BroadcastOpera
     match op().fetch_sockets().await {
         Ok(sockets) => sockets.len(),
         Err(e) => {
+            let e: socketioxide_core::adapter::errors::AdapterError = e.into();
+            note_failure(state, &e);
             tracing::warn!(error = %e, "cluster count failed; counting this instance only");
             op().local().sockets().len()
         }

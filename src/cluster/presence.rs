@@ -18,14 +18,20 @@
 //! Every process start has a new instance id, so a restarted instance never revives the
 //! entries of its previous life; those are reaped once their heartbeat expires.
 //!
+//! Each instance also keeps, in memory, its own sockets and its users' last known status
+//! (with the time of that change). When Redis lost them (restarted without persistence, or
+//! the instance was reaped during a long outage) [`Registry::resync`] writes them back:
+//! a user Redis forgot is restored with that status (`away` stays `away`) and nothing is
+//! announced, since nothing changed; only a user Redis holds as `offline` (announced so)
+//! or one whose coming online was never announced (connected while Redis was down) is
+//! announced. Every Redis call goes through the [`Link`] (deadline, fail fast while down).
+//!
 //! The scripts build some key names from the prefix, so presence needs one Redis server
 //! (not Redis Cluster), like the adapter's request/response channels in practice.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use fred::{
@@ -33,6 +39,8 @@ use fred::{
     interfaces::{ClientLike, EventInterface},
     types::{Value as RedisValue, scripts::Script},
 };
+
+use super::Link;
 
 /// How often an instance says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -89,6 +97,19 @@ pub struct Seen {
     pub location: Option<String>,
 }
 
+/// A change found by [`Registry::resync`], to be announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resynced {
+    /// The user id.
+    pub user: String,
+    /// Their status now.
+    pub status: Status,
+    /// When it became so, epoch milliseconds.
+    pub at: i64,
+    /// The rooms the change goes to besides `presence:{user}`.
+    pub targets: Vec<String>,
+}
+
 /// A user who has just become offline, to be announced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WentOffline {
@@ -122,9 +143,14 @@ impl Registry {
 
     /// A registry in Redis, shared by every instance using `prefix`; registers this
     /// instance under a new id.
-    pub async fn redis(client: Client, prefix: &str, grace: Duration) -> anyhow::Result<Registry> {
+    pub async fn redis(
+        client: Client,
+        prefix: &str,
+        grace: Duration,
+        link: Arc<Link>,
+    ) -> anyhow::Result<Registry> {
         let id = crate::store::new_id().context("cannot make an instance id")?;
-        let redis = RedisRegistry::new(client, prefix, id);
+        let redis = RedisRegistry::new(client, prefix, id, link);
         redis
             .heartbeat(now_ms())
             .await
@@ -148,19 +174,46 @@ impl Registry {
         }
     }
 
-    /// Registers a socket of `user`. True when this made the user online (from offline
-    /// or never seen): the caller announces it. `targets` are the rooms the user's
-    /// changes go to besides `presence:{user}`.
+    /// Changes each time Redis answers again after it was down, when shared: each calls
+    /// for a [`Registry::resync`].
+    pub fn recoveries(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backing {
+            Backing::Memory(_) => None,
+            Backing::Redis(r) => Some(r.link.recoveries()),
+        }
+    }
+
+    /// Registers a socket of `user`. `Some((status, at))` when this changed what the
+    /// user's watchers were told (the user came online): the caller announces it.
+    /// `targets` are the rooms the user's changes go to besides `presence:{user}`.
     pub async fn connect(
         &self,
         user: &str,
         sid: &str,
         targets: &[String],
         now: i64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<(Status, i64)>> {
         match &self.backing {
-            Backing::Memory(m) => Ok(lock(m).connect(user, sid, targets, now)),
+            Backing::Memory(m) => Ok(lock(m)
+                .connect(user, sid, targets, now)
+                .then_some((Status::Online, now))),
             Backing::Redis(r) => r.connect(user, sid, targets, now).await,
+        }
+    }
+
+    /// For each user, whether they have a socket on any instance (one round trip to
+    /// Redis however many users). The grace period does not count: a user whose last
+    /// socket is gone is not online here even while their status still says so.
+    pub async fn online(&self, users: &[String]) -> anyhow::Result<Vec<bool>> {
+        match &self.backing {
+            Backing::Memory(m) => {
+                let m = lock(m);
+                Ok(users
+                    .iter()
+                    .map(|u| m.users.get(u).is_some_and(|u| !u.sockets.is_empty()))
+                    .collect())
+            }
+            Backing::Redis(r) => r.online(users).await,
         }
     }
 
@@ -240,9 +293,10 @@ impl Registry {
     }
 
     /// Makes the shared registry agree with this instance's live sockets, after Redis
-    /// was away: sockets it lost are registered again, sockets whose disconnect it missed
-    /// are removed. Returns the users who became online again, to be announced.
-    pub async fn resync(&self, now: i64) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    /// was away: sockets it lost are registered again with their user's last known status,
+    /// sockets whose disconnect it missed are removed. Returns the changes the users'
+    /// watchers were not told of, to be announced (none after Redis only lost its data).
+    pub async fn resync(&self, now: i64) -> anyhow::Result<Vec<Resynced>> {
         match &self.backing {
             Backing::Memory(_) => Ok(Vec::new()),
             Backing::Redis(r) => r.resync(now, self.grace_ms).await,
@@ -389,16 +443,46 @@ impl Memory {
 
 // ------------------------------------------------------------------ in Redis
 
-const CONNECT: &str = r#"
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[2])
+// Registers sockets of one user (a new one, or those Redis lost), with the status this
+// instance knows for the user. KEYS: user:{u}, socks:{u}, inst:{id}:socks, pending. ARGV:
+// user, known status, known since, targets, overwrite ('1': a known status newer than the
+// stored one wins), now, socket ids... Returns {code, status, since}: code 0 when the
+// stored status stands (online or away), 1 when the user was offline and now has the known
+// status (a change to announce), 2 when Redis had no entry for the user (restored; a change
+// only if the known status was never announced).
+const RESTORE: &str = r#"
+for i = 7, #ARGV do
+  redis.call('SADD', KEYS[2], ARGV[i])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[1])
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+local existed = redis.call('EXISTS', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('HSET', KEYS[1], 'targets', ARGV[4])
+if existed == 0 then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'lastSeen', ARGV[3])
+  return {2, ARGV[2], ARGV[3]}
+end
 local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'online' or st == 'away' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'online', 'lastSeen', ARGV[3])
-return 1
+local at = redis.call('HGET', KEYS[1], 'lastSeen') or ARGV[6]
+if st == 'online' or st == 'away' then
+  if ARGV[5] == '1' and st ~= ARGV[2] and tonumber(at) < tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'status', ARGV[2], 'lastSeen', ARGV[3])
+    return {0, ARGV[2], ARGV[3]}
+  end
+  return {0, st, at}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'lastSeen', ARGV[6])
+return {1, ARGV[2], ARGV[6]}
+"#;
+
+// KEYS: socks:{u} of each user. Returns 1 for each user with a socket anywhere, else 0.
+const ONLINE: &str = r#"
+local out = {}
+for i, k in ipairs(KEYS) do
+  out[i] = redis.call('SCARD', k) > 0 and 1 or 0
+end
+return out
 "#;
 
 const DISCONNECT: &str = r#"
@@ -513,7 +597,8 @@ const LIST_SOCKETS: &str = "return redis.call('HGETALL', KEYS[1])";
 const DELETE: &str = "return redis.call('DEL', KEYS[1])";
 
 struct Scripts {
-    connect: Script,
+    restore: Script,
+    online: Script,
     disconnect: Script,
     set_status: Script,
     set_location: Script,
@@ -531,9 +616,76 @@ struct RedisRegistry {
     prefix: String,
     id: String,
     scripts: Scripts,
-    /// The sockets this instance registered: socket id → user and targets. The truth
-    /// that [`RedisRegistry::resync`] restores after an outage.
-    local: Mutex<HashMap<String, (String, String)>>,
+    link: Arc<Link>,
+    /// This instance's sockets and their users: the truth that [`RedisRegistry::resync`]
+    /// restores after an outage.
+    local: Mutex<Local>,
+}
+
+/// What an instance knows of its own sockets.
+#[derive(Default)]
+struct Local {
+    /// Socket id → user and targets (as JSON).
+    sockets: HashMap<String, (String, String)>,
+    /// Each user with a socket here.
+    users: HashMap<String, LocalUser>,
+}
+
+struct LocalUser {
+    sockets: usize,
+    /// The status last read from or written to Redis, and the time of that change.
+    status: Status,
+    since: i64,
+    /// Whether the user's watchers were told of `status` (false for a user who connected
+    /// while Redis was down: their coming online is announced when Redis is back).
+    announced: bool,
+}
+
+impl Local {
+    fn add(&mut self, user: &str, sid: &str, targets: &str, now: i64) -> (Status, i64, bool) {
+        let u = self.users.entry(user.to_owned()).or_insert(LocalUser {
+            sockets: 0,
+            status: Status::Online,
+            since: now,
+            announced: false,
+        });
+        if self
+            .sockets
+            .insert(sid.to_owned(), (user.to_owned(), targets.to_owned()))
+            .is_none()
+        {
+            u.sockets += 1;
+        }
+        (u.status, u.since, u.announced)
+    }
+
+    fn remove(&mut self, sid: &str) {
+        let Some((user, _)) = self.sockets.remove(sid) else {
+            return;
+        };
+        if let Some(u) = self.users.get_mut(&user) {
+            u.sockets = u.sockets.saturating_sub(1);
+            if u.sockets == 0 {
+                self.users.remove(&user);
+            }
+        }
+    }
+
+    /// Records what Redis now holds for a user with sockets here.
+    fn learned(&mut self, user: &str, status: Status, since: i64) {
+        if let Some(u) = self.users.get_mut(user) {
+            u.status = status;
+            u.since = since;
+            u.announced = true;
+        }
+    }
+}
+
+/// A [`RESTORE`] reply.
+struct Restored {
+    code: i64,
+    status: Status,
+    since: i64,
 }
 
 /// Reads a script's reply as strings (nil and numbers become strings too).
@@ -548,13 +700,15 @@ fn strings(v: RedisValue) -> Vec<String> {
 }
 
 impl RedisRegistry {
-    fn new(client: Client, prefix: &str, id: String) -> Self {
+    fn new(client: Client, prefix: &str, id: String, link: Arc<Link>) -> Self {
         RedisRegistry {
             client,
             prefix: prefix.to_owned(),
             id,
+            link,
             scripts: Scripts {
-                connect: Script::from_lua(CONNECT),
+                restore: Script::from_lua(RESTORE),
+                online: Script::from_lua(ONLINE),
                 disconnect: Script::from_lua(DISCONNECT),
                 set_status: Script::from_lua(SET_STATUS),
                 set_location: Script::from_lua(SET_LOCATION),
@@ -566,11 +720,16 @@ impl RedisRegistry {
                 list_sockets: Script::from_lua(LIST_SOCKETS),
                 delete: Script::from_lua(DELETE),
             },
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(Local::default()),
         }
     }
 
-    /// Runs one of the scripts (loading it first if Redis does not know it yet).
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one of the scripts (loading it first if Redis does not know it yet), within
+    /// the Redis deadline, failing at once while Redis is down.
     async fn eval<R: fred::types::FromValue>(
         &self,
         script: &Script,
@@ -578,8 +737,8 @@ impl RedisRegistry {
         args: Vec<String>,
         what: &'static str,
     ) -> anyhow::Result<R> {
-        script
-            .evalsha_with_reload(&self.client, keys, args)
+        self.link
+            .call(script.evalsha_with_reload(&self.client, keys, args))
             .await
             .context(what)
     }
@@ -605,43 +764,77 @@ impl RedisRegistry {
         sid: &str,
         targets: &[String],
         now: i64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<(Status, i64)>> {
         let targets = serde_json::to_string(targets)?;
-        self.local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(sid.to_owned(), (user.to_owned(), targets.clone()));
-        self.register(user, sid, &targets, now).await
+        let (status, since, announced) = self.local().add(user, sid, &targets, now);
+        let r = self
+            .restore(user, &[sid], status, since, &targets, false, now)
+            .await?;
+        self.local().learned(user, r.status, r.since);
+        Ok(changed(&r, announced, since).then_some((r.status, r.since)))
     }
 
-    async fn register(
+    /// Runs [`RESTORE`] for `sids` of `user`.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore(
         &self,
         user: &str,
-        sid: &str,
+        sids: &[&str],
+        status: Status,
+        since: i64,
         targets: &str,
+        overwrite: bool,
         now: i64,
-    ) -> anyhow::Result<bool> {
-        let became: i64 = self
+    ) -> anyhow::Result<Restored> {
+        let mut args = vec![
+            user.to_owned(),
+            status.as_str().to_owned(),
+            since.to_string(),
+            targets.to_owned(),
+            if overwrite { "1" } else { "0" }.to_owned(),
+            now.to_string(),
+        ];
+        args.extend(sids.iter().map(|s| s.to_string()));
+        let reply: RedisValue = self
             .eval(
-                &self.scripts.connect,
+                &self.scripts.restore,
                 self.user_keys(user, &self.id),
-                vec![
-                    sid.to_owned(),
-                    user.to_owned(),
-                    now.to_string(),
-                    targets.to_owned(),
-                ],
+                args,
                 "presence connect",
             )
             .await?;
-        Ok(became == 1)
+        let f = strings(reply);
+        anyhow::ensure!(f.len() == 3, "presence connect: unexpected reply");
+        Ok(Restored {
+            code: f[0].parse().unwrap_or(0),
+            status: Status::parse(&f[1]),
+            since: f[2].parse().unwrap_or(now),
+        })
+    }
+
+    async fn online(&self, users: &[String]) -> anyhow::Result<Vec<bool>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = users.iter().map(|u| self.key(&["socks", u])).collect();
+        let reply: RedisValue = self
+            .eval(
+                &self.scripts.online,
+                keys,
+                Vec::<String>::new(),
+                "presence online",
+            )
+            .await?;
+        let flags = strings(reply);
+        anyhow::ensure!(
+            flags.len() == users.len(),
+            "presence online: unexpected reply"
+        );
+        Ok(flags.iter().map(|f| f == "1").collect())
     }
 
     async fn disconnect(&self, user: &str, sid: &str, now: i64, due: i64) -> anyhow::Result<()> {
-        self.local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(sid);
+        self.local().remove(sid);
         self.unregister(user, sid, now, due).await
     }
 
@@ -671,6 +864,9 @@ impl RedisRegistry {
                 "presence set_status",
             )
             .await?;
+        if changed == 1 {
+            self.local().learned(user, status, now);
+        }
         Ok(changed == 1)
     }
 
@@ -803,7 +999,7 @@ impl RedisRegistry {
         }
     }
 
-    async fn resync(&self, now: i64, grace_ms: i64) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    async fn resync(&self, now: i64, grace_ms: i64) -> anyhow::Result<Vec<Resynced>> {
         let reply: RedisValue = self
             .eval(
                 &self.scripts.list_sockets,
@@ -817,35 +1013,75 @@ impl RedisRegistry {
             .filter(|p| p.len() == 2)
             .map(|p| (p[0].clone(), p[1].clone()))
             .collect();
-        let local = self.local.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut back_online = Vec::new();
-        let mut announced = HashSet::new();
-        for (sid, (user, targets)) in &local {
-            if registered.contains_key(sid) {
-                continue;
+        // Per user with sockets here: the sockets Redis lost, and the targets.
+        let mut lost: HashMap<String, (Vec<String>, String)> = HashMap::new();
+        let mut complete = Vec::new();
+        {
+            let local = self.local();
+            for (sid, (user, targets)) in &local.sockets {
+                let entry = lost
+                    .entry(user.clone())
+                    .or_insert_with(|| (Vec::new(), targets.clone()));
+                if !registered.contains_key(sid) {
+                    entry.0.push(sid.clone());
+                }
             }
-            if self.register(user, sid, targets, now).await? && announced.insert(user.clone()) {
-                back_online.push((
-                    user.clone(),
-                    serde_json::from_str(targets).unwrap_or_default(),
-                ));
+            // Users whose coming online was never announced are looked at too: a
+            // registration that timed out may still have reached Redis later.
+            lost.retain(|user, (sids, _)| {
+                let unannounced = local.users.get(user).is_some_and(|u| !u.announced);
+                if sids.is_empty() && !unannounced {
+                    complete.push(user.clone());
+                }
+                !sids.is_empty() || unannounced
+            });
+        }
+        let mut changes = Vec::new();
+        for (user, (sids, targets)) in &lost {
+            let known = self
+                .local()
+                .users
+                .get(user)
+                .map(|u| (u.status, u.since, u.announced));
+            // Gone since the snapshot: its disconnect has unregistered it.
+            let Some((status, since, announced)) = known else {
+                continue;
+            };
+            let sids: Vec<&str> = sids.iter().map(String::as_str).collect();
+            let r = self
+                .restore(user, &sids, status, since, targets, true, now)
+                .await?;
+            self.local().learned(user, r.status, r.since);
+            if changed(&r, announced, since) {
+                changes.push(Resynced {
+                    user: user.clone(),
+                    status: r.status,
+                    at: r.since,
+                    targets: serde_json::from_str(targets).unwrap_or_default(),
+                });
             }
         }
         for (sid, user) in &registered {
-            let still_local = self
-                .local
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(sid);
-            if !still_local {
+            if !self.local().sockets.contains_key(sid) {
                 self.unregister(user, sid, now, now + grace_ms).await?;
             }
         }
-        Ok(back_online)
+        // The others' last known status, read again (a change made through another
+        // instance), so that a later restore writes back what watchers were last told.
+        for users in complete.chunks(CLAIM_BATCH) {
+            let seen = self.get(users).await?;
+            let mut local = self.local();
+            for (user, s) in users.iter().zip(seen) {
+                if let (Status::Online | Status::Away, Some(at)) = (s.status, s.last_seen) {
+                    local.learned(user, s.status, at);
+                }
+            }
+        }
+        Ok(changes)
     }
 
     async fn release(&self, now: i64, due: i64) -> anyhow::Result<()> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.local() = Local::default();
         self.forget(&self.id, now, due).await?;
         let _: i64 = self
             .eval(
@@ -860,16 +1096,26 @@ impl RedisRegistry {
 }
 
 /// Connects the Redis client presence uses (its own connection, so that presence commands
-/// do not queue behind the adapter's traffic).
-pub async fn redis_client(url: &str) -> anyhow::Result<Client> {
-    let client = super::builder(url)?
+/// do not queue behind the adapter's traffic), with `link`'s deadline; `link` PINGs it too.
+pub async fn redis_client(url: &str, link: &Link) -> anyhow::Result<Client> {
+    let client = super::builder(url, link.timeout())?
         .build()
         .context("cannot build the Redis client for presence")?;
     client
         .init()
         .await
         .context("cannot connect to Redis for presence (REDIS_URL)")?;
+    link.watch(client.clone());
     Ok(client)
+}
+
+/// Whether a [`RESTORE`] changed what the user's watchers were told: the user was
+/// offline, or their status was never announced and Redis either had no entry for them or
+/// holds one written at or after `since`, when this instance first knew them (by this
+/// instance's own registration that timed out but reached Redis later). A status set
+/// before then was another instance's, announced by it.
+fn changed(r: &Restored, announced: bool, since: i64) -> bool {
+    r.code == 1 || (!announced && (r.code == 2 || r.since >= since))
 }
 
 /// Reconnects of the presence client, each calling for a resync.
@@ -908,6 +1154,44 @@ mod tests {
         assert_eq!(m.seen("u").status, Status::Offline);
         assert_eq!(m.seen("u").last_seen, Some(6));
         assert_eq!(m.seen("never").last_seen, None);
+    }
+
+    #[test]
+    fn local_bookkeeping() {
+        let mut l = Local::default();
+        assert_eq!(l.add("u", "s1", "[]", 5), (Status::Online, 5, false));
+        l.learned("u", Status::Away, 7);
+        assert_eq!(l.add("u", "s2", "[]", 9), (Status::Away, 7, true));
+        assert_eq!(
+            l.add("u", "s2", "[]", 9),
+            (Status::Away, 7, true),
+            "same socket twice"
+        );
+        l.remove("s1");
+        assert_eq!(l.users["u"].sockets, 1);
+        l.remove("s2");
+        assert!(l.users.is_empty() && l.sockets.is_empty());
+        l.remove("s2"); // twice: nothing
+        l.learned("gone", Status::Online, 1); // no socket here: not kept
+        assert!(l.users.is_empty());
+    }
+
+    #[test]
+    fn restore_announces_only_real_changes() {
+        let r = |code| Restored {
+            code,
+            status: Status::Away,
+            since: 1,
+        };
+        assert!(!changed(&r(0), true, 1), "Redis's status stands");
+        assert!(!changed(&r(0), false, 2), "another instance's, set before");
+        assert!(
+            changed(&r(0), false, 1),
+            "ours, registered after its timeout"
+        );
+        assert!(changed(&r(1), true, 1), "was offline: a change");
+        assert!(!changed(&r(2), true, 1), "forgotten, restored as announced");
+        assert!(changed(&r(2), false, 1), "connected while Redis was down");
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
         }
         None => None,
     };
+    // Mentions may wait for offline users: past the sender's offline quota the comment is
+    // refused now, before it exists, rather than stored with its mentions lost. (1 KiB:
+    // about the largest mention notice, a 100-character excerpt with its ids.)
+    messages::check_quota(cx.app, &user.id, mentions.len(), 1024).await?;
     let mention_strings: Vec<String> = mentions.iter().map(|m| m.to_string()).collect();
     let comment = store
         .insert_comment(&NewComment {
@@ -140,7 +144,8 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
             "excerpt": excerpt,
             "timestamp": body["timestamp"],
         });
-        messages::deliver(cx.app, &mentions, "mention", &notice).await?;
+        let checked = messages::Quota::Checked;
+        messages::deliver(cx.app, &user.id, &mentions, "mention", &notice, checked).await?;
     }
     Ok(json!({ "comment": body }))
 }

@@ -16,11 +16,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use socketioxide::{SendError, SocketError, adapter::Adapter, socket::Socket};
 use socketioxide_core::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AfterReply, Cx, id_field};
 use crate::{
@@ -97,6 +98,55 @@ impl Drop for Streams {
     }
 }
 
+/// The instance's budget of streamed bytes sent and not yet acknowledged
+/// (`STREAM_BUDGET_BYTES`), shared by every stream: what clients that do not ack can make
+/// the server hold is this, whatever the number of sockets and streams.
+#[derive(Debug)]
+pub struct StreamBudget(Option<(Arc<Semaphore>, u64)>);
+
+impl StreamBudget {
+    /// A budget of `bytes` (0: none).
+    pub fn new(bytes: u64) -> Self {
+        let total = bytes.min(Semaphore::MAX_PERMITS as u64);
+        StreamBudget((total > 0).then(|| (Arc::new(Semaphore::new(total as usize)), total)))
+    }
+
+    /// The permits a chunk of `bytes` takes: a chunk larger than the whole budget takes
+    /// all of it, so that it can still go out alone.
+    fn cost(total: u64, bytes: u64) -> u32 {
+        u32::try_from(bytes.min(total)).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a chunk of `bytes` would have to wait for room now.
+    fn is_full(&self, bytes: u64) -> bool {
+        self.0.as_ref().is_some_and(|(sem, total)| {
+            (sem.available_permits() as u64) < u64::from(Self::cost(*total, bytes))
+        })
+    }
+
+    /// Room for a chunk of `bytes` now: `Err` when there is none, `Ok(None)` without a
+    /// budget.
+    fn try_take(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.0 {
+            None => Ok(None),
+            Some((sem, total)) => sem
+                .clone()
+                .try_acquire_many_owned(Self::cost(*total, bytes))
+                .map(Some)
+                .map_err(|_| ()),
+        }
+    }
+
+    /// Room for a chunk of `bytes`, waiting for it (`None` without a budget).
+    async fn take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let (sem, total) = self.0.as_ref()?;
+        sem.clone()
+            .acquire_many_owned(Self::cost(*total, bytes))
+            .await
+            .ok()
+    }
+}
+
 async fn require_project(state: &AppState, user: &User, project: &Id) -> Result<(), AppError> {
     if state
         .access
@@ -129,14 +179,19 @@ fn document_json(d: &Document) -> Json {
     })
 }
 
-/// The file name without directories or control characters, 1 to 255 characters.
+/// The file name without directories, control, bidi or other invisible characters
+/// ([`crate::sanitize::is_invisible`]), 1 to 255 characters. A name that is blank once
+/// they are gone is `INVALID_PAYLOAD`, as a blank one is (and as in the Node backend).
 fn clean_filename(v: &Json) -> Result<String, AppError> {
     let Some(raw) = v.as_str() else {
         return Err(AppError::invalid("filename is required"));
     };
     let unix = raw.replace('\\', "/");
     let base = unix.rsplit('/').next().unwrap_or("");
-    let name: String = base.chars().filter(|c| !c.is_control()).collect();
+    let name: String = base
+        .chars()
+        .filter(|c| !crate::sanitize::is_invisible(*c))
+        .collect();
     let name = name.trim();
     if name.is_empty() || name == "." || name == ".." || name.chars().count() > 255 {
         return Err(AppError::invalid("filename must be 1 to 255 characters"));
@@ -676,6 +731,17 @@ pub async fn document_stream<A: Adapter>(
             format!("At most {max} streams at once on one connection"),
         ));
     }
+    // Past the instance's budget of unacknowledged stream bytes, a new stream is refused
+    // rather than queued behind clients that may never ack.
+    if state
+        .stream_budget
+        .is_full(chunk.min(size.saturating_sub(offset)).max(1))
+    {
+        return Err(AppError::new(
+            Code::RateLimited,
+            "The server is streaming all it can; try again shortly",
+        ));
+    }
     let total = size.div_ceil(chunk);
     let ack = json!({ "size": doc.size, "totalChunks": total, "sha256": doc.sha256 });
     let plan = Stream {
@@ -757,6 +823,24 @@ impl Stream {
             while waiting.len() < self.window && next < self.total {
                 let offset = next * self.chunk;
                 let end = (offset + self.chunk).min(size);
+                // Room in the instance's budget: while chunks of this stream wait for their
+                // acks, wait for those (they give room back) rather than for the budget.
+                let budget = &app.state.stream_budget;
+                let permit = match budget.try_take(end - offset) {
+                    Ok(permit) => permit,
+                    Err(()) if !waiting.is_empty() => break,
+                    Err(()) => {
+                        match tokio::time::timeout(self.ack_timeout, budget.take(end - offset))
+                            .await
+                        {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                tracing::debug!(document = %self.doc.id, "stream ended: no room in the stream budget");
+                                return;
+                            }
+                        }
+                    }
+                };
                 let data = match app.state.objects.read(&self.doc.id, offset..end).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -775,7 +859,12 @@ impl Stream {
                     .timeout(self.ack_timeout)
                     .emit_with_ack::<_, serde::de::IgnoredAny>("document_chunk", &out)
                 {
-                    Ok(ack) => waiting.push(ack),
+                    // The chunk's share of the budget is given back with its ack (or
+                    // when the stream ends).
+                    Ok(ack) => waiting.push(FutureExt::map(ack, move |answer| {
+                        drop(permit);
+                        answer
+                    })),
                     // The client's buffer is full: wait for an ack before sending more.
                     Err(SendError::Socket(SocketError::InternalChannelFull))
                         if !waiting.is_empty() =>
@@ -845,6 +934,9 @@ mod tests {
         assert_eq!(name("plans/A-101.pdf").unwrap(), "A-101.pdf");
         assert_eq!(name("C:\\site\\report.docx").unwrap(), "report.docx");
         assert_eq!(name("  a\u{0}b\n.txt ").unwrap(), "ab.txt");
+        assert_eq!(name("invoice\u{202E}fdp.exe").unwrap(), "invoicefdp.exe");
+        assert_eq!(name("\u{2066}a\u{200F}\u{2028}b\u{FEFF}").unwrap(), "ab");
+        assert!(name("\u{202E}\u{200E} ").is_err());
         assert!(name("dir/").is_err());
         assert!(name("..").is_err());
         assert!(name(&"x".repeat(256)).is_err());
@@ -874,7 +966,7 @@ mod props {
         fn prop_clean_filenames_are_plain(s in ".{0,300}") {
             if let Ok(name) = clean_filename(&json!(s)) {
                 prop_assert!(!name.contains('/') && !name.contains('\\'));
-                prop_assert!(!name.chars().any(char::is_control));
+                prop_assert!(!name.chars().any(crate::sanitize::is_invisible));
                 prop_assert!((1..=255).contains(&name.chars().count()));
             }
         }

@@ -222,7 +222,7 @@ pub fn clean_text(field: &str, text: &str) -> Result<String, AppError> {
     }
     let clean = crate::sanitize::clean(trimmed);
     let clean = clean.trim();
-    if clean.is_empty() {
+    if crate::sanitize::is_blank(clean) {
         return Err(AppError::invalid(format!(
             "{field} is empty once markup is removed"
         )));

@@ -83,6 +83,21 @@ async fn announce<A: Adapter>(
     }
 }
 
+/// Logs a presence registry failure: at debug while Redis is marked down (said once, by
+/// the link, not once per socket during an outage), else at warn.
+fn registry_failed(user: &str, what: &str, e: &anyhow::Error) {
+    if cluster::link::refused(e) {
+        tracing::debug!(user, what, "presence registry skipped: Redis is down");
+    } else {
+        tracing::warn!(
+            user,
+            what,
+            error = format!("{e:#}"),
+            "presence registry call failed"
+        );
+    }
+}
+
 /// A socket's registration in the presence registry. Dropping a lease that was not
 /// released unregisters the socket: the fallback for a socket that never gets its
 /// disconnect handler (one that goes away before its CONNECT ack is sent).
@@ -113,7 +128,7 @@ impl Lease {
                 .await
         {
             // The next resync removes it once Redis answers again.
-            tracing::warn!(user = %self.user, error = format!("{e:#}"), "could not unregister a socket from presence");
+            registry_failed(self.user.as_str(), "unregister a socket", &e);
         }
     }
 }
@@ -126,8 +141,11 @@ impl Drop for Lease {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (registry, user, sid) = (self.registry.clone(), self.user.clone(), self.sid);
             rt.spawn(async move {
-                if let Err(e) = registry.disconnect(user.as_str(), &sid.to_string(), now_ms()).await {
-                    tracing::warn!(user = %user, error = format!("{e:#}"), "could not unregister a socket from presence");
+                if let Err(e) = registry
+                    .disconnect(user.as_str(), &sid.to_string(), now_ms())
+                    .await
+                {
+                    registry_failed(user.as_str(), "unregister a socket", &e);
                 }
             });
         }
@@ -136,8 +154,9 @@ impl Drop for Lease {
 
 /// Registers a new socket (in the connect middleware, before the CONNECT ack) and
 /// announces `online` when it is the user's first anywhere. A registry failure is logged
-/// and the connection goes ahead: local users keep working while Redis is away, and the
-/// resync after its return registers the socket.
+/// and the connection goes ahead at once (while Redis is down the registry does not wait
+/// on it): local users keep working, and the resync after its return registers the socket
+/// and announces the user then if their coming online was never announced.
 pub async fn connected<A: Adapter>(app: &App<A>, user: &User, lease: &Lease) {
     let targets = targets(user);
     lease.held.store(true, Ordering::Release);
@@ -148,11 +167,9 @@ pub async fn connected<A: Adapter>(app: &App<A>, user: &User, lease: &Lease) {
         .connect(user.id.as_str(), &lease.sid.to_string(), &targets, now)
         .await
     {
-        Ok(true) => announce(app, user.id.as_str(), Status::Online, now, &targets).await,
-        Ok(false) => {}
-        Err(e) => {
-            tracing::warn!(user = %user.id, error = format!("{e:#}"), "could not register a socket for presence")
-        }
+        Ok(Some((status, at))) => announce(app, user.id.as_str(), status, at, &targets).await,
+        Ok(None) => {}
+        Err(e) => registry_failed(user.id.as_str(), "register a socket", &e),
     }
 }
 
@@ -309,6 +326,16 @@ pub async fn run<A: Adapter>(app: App<A>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let needs_resync = Arc::new(AtomicBool::new(false));
+    // Redis answering again after it was down (hung, or unreachable): it may have lost
+    // this instance's sockets, or missed their disconnects.
+    if let Some(mut recoveries) = registry.recoveries() {
+        let flag = needs_resync.clone();
+        tokio::spawn(async move {
+            while recoveries.changed().await.is_ok() {
+                flag.store(true, Ordering::Release);
+            }
+        });
+    }
     if let Some(client) = registry.redis_client() {
         let mut reconnects = cluster::presence::reconnects(client);
         let flag = needs_resync.clone();
@@ -346,8 +373,17 @@ pub async fn run<A: Adapter>(app: App<A>) {
                 if resynced.is_err() {
                     needs_resync.store(true, Ordering::Release);
                 }
-                for (user, targets) in resynced? {
-                    announce(&app, &user, Status::Online, now, &targets).await;
+                // Only changes the watchers were not told of: a user Redis merely forgot
+                // keeps the status they had, unannounced.
+                for change in resynced? {
+                    announce(
+                        &app,
+                        &change.user,
+                        change.status,
+                        change.at,
+                        &change.targets,
+                    )
+                    .await;
                 }
             }
             for gone in registry.claim_due(now).await? {

@@ -9,6 +9,7 @@ use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED};
 use crate::{
     auth::User,
     cluster,
+    connection::conn_of,
     error::{AppError, Code},
     rooms::Room,
     server::AppState,
@@ -53,6 +54,11 @@ async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
     cluster::count(&cx.app.state, || cx.app.io.within(name.to_owned())).await
 }
 
+/// Sockets in `room` on this instance.
+fn local_sockets<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Vec<SocketRef<A>> {
+    cx.app.io.within(name.to_owned()).local().sockets()
+}
+
 /// `join_room`: `roomId` or `{ room }` → `{ room, size }`; others get `user_joined`.
 pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let room = room_arg(&cx.first::<Json>(value)?)?;
@@ -76,9 +82,27 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
     {
         return Err(AppError::forbidden("Too many rooms for this connection"));
     }
+    // Sockets on the other instances, counted before taking the room's lock: that count
+    // may be a Redis round trip, and no lock is held across one. Cross-instance joins
+    // were never atomic; joins on this instance are, below.
+    let everywhere = room_size(cx, &name).await;
+    let elsewhere = everywhere.saturating_sub(local_sockets(cx, &name).len());
     let size = {
         let _guard = cx.app.state.lock_for(&name).lock().await;
-        let size = room_size(cx, &name).await;
+        let here = local_sockets(cx, &name);
+        // One user's sockets cannot fill a room and lock its other users out (any user
+        // may join `presence:{u}` of anyone): each user holds at most this many places.
+        let per_user = cfg.max_room_sockets_per_user;
+        let mine = here
+            .iter()
+            .filter(|s| conn_of(s).is_some_and(|c| c.user.id == user.id))
+            .count();
+        if per_user > 0 && mine >= per_user {
+            return Err(AppError::forbidden(format!(
+                "At most {per_user} connections of one user in a room"
+            )));
+        }
+        let size = here.len() + elsewhere;
         if cfg.max_room_size > 0 && size >= cfg.max_room_size {
             return Err(AppError::new(Code::RoomFull, "Room is full"));
         }
@@ -94,11 +118,14 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
         user_id: user.id.as_str(),
         room_id: &name,
     };
-    if let Err(e) = cx
-        .socket
-        .to(name.clone())
-        .emit("user_joined", &notice)
-        .await
+    // Through cluster::emit: while Redis is down (or hung) it goes to local sockets at once.
+    if let Err(e) = cluster::emit(
+        &cx.app.state,
+        || cx.socket.to(name.clone()),
+        "user_joined",
+        &notice,
+    )
+    .await
     {
         tracing::warn!(room = %name, error = %e, "could not announce a join");
     }

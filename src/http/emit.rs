@@ -33,6 +33,21 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// 503: the event did not reach every instance; retry after a second.
+fn cluster_unavailable() -> Response {
+    let body = json!({
+        "success": false,
+        "error": "The event could not be published to every instance; retry",
+        "code": "CLUSTER_UNAVAILABLE",
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(body),
+    )
+        .into_response()
+}
+
 /// Compares secrets in time independent of where they differ.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = given.len() ^ expected.len();
@@ -70,7 +85,10 @@ fn valid_targets(names: &[String]) -> bool {
     names.len() <= MAX_ROOMS && names.iter().all(|n| valid_target(n))
 }
 
-/// 401 without the key, 413 over 1 MB, 400 on a bad body, 202 once emitted.
+/// 401 without the key, 413 over 1 MB, 400 on a bad body, 202 once published to every
+/// instance; 503 `CLUSTER_UNAVAILABLE` when it could not be, so the publisher retries:
+/// Redis down or hung (nothing delivered, answered at once), the publish failed, or it
+/// reached only some instances (see docs/events.md, `/api/emit`).
 pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Response {
     if !authorized(&req, app.state.config.api_key.as_deref()) {
         return error(StatusCode::UNAUTHORIZED, "Unauthorized");
@@ -107,9 +125,13 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
         );
     }
     let op = || app.io.to(request.rooms.clone()).except(except.clone());
-    if let Err(e) = cluster::emit(&app.state, op, &request.event, &request.data).await {
-        tracing::error!(error = %e, event = %request.event, "api emit failed");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+    match cluster::emit_everywhere(&app.state, op, &request.event, &request.data).await {
+        Ok(()) => {}
+        Err(cluster::NotEverywhere::Cluster) => return cluster_unavailable(),
+        Err(e) => {
+            tracing::error!(error = %e, event = %request.event, "api emit failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+        }
     }
     app.state.metrics.api_emit();
     (StatusCode::ACCEPTED, Json(json!({ "success": true }))).into_response()

@@ -1,6 +1,7 @@
 //! HTTP on the Socket.IO port: `/health`, `/ready`, `/metrics`, `POST /api/emit`, and the
 //! `Origin` check in front of Socket.IO.
 
+pub mod admission;
 mod emit;
 pub mod origin;
 pub mod serve;
@@ -34,7 +35,8 @@ async fn health() -> impl IntoResponse {
 }
 
 /// 200 when every dependency answers (Redis when configured, the database, the document
-/// storage); 503 naming what failed (or `shutting_down`).
+/// storage); 503 naming what failed (or `shutting_down`). Redis fails at once while it is
+/// marked down (a command missed `REDIS_TIMEOUT_MS`), else when a PING misses it.
 async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
     let mut failed = Vec::new();
     if app.state.is_shutting_down() {
@@ -65,6 +67,9 @@ async fn ready<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
 
 /// Prometheus text.
 async fn metrics<A: Adapter>(State(app): State<App<A>>) -> impl IntoResponse {
+    if let Some(redis) = &app.state.redis {
+        app.state.metrics.redis_messages_lost(redis.lost_messages());
+    }
     let body = app.state.metrics.render(app.state.limits.current());
     (
         [(

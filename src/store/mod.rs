@@ -30,7 +30,7 @@ pub use comments::{Comment, NewComment};
 pub use documents::{Document, Upload};
 pub use id::new_id;
 pub use objects::Objects;
-pub use offline::{OFFLINE_CAP, OfflineMessage};
+pub use offline::{NewOffline, OFFLINE_CAP, OfflineMessage, OfflineUsage};
 
 /// How long [`Store::ping`] waits for the database before calling it unavailable.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);

@@ -132,11 +132,18 @@ impl<A: Adapter> Client<A> {
         let (tx, rx) = oneshot::channel();
         socket.data.connect_recv_tx.lock().unwrap().replace(tx);
 
+        // Trestle patch: the timer holds the socket weakly. Holding it strongly kept a
+        // session its client had closed before the CONNECT (and everything it holds, its
+        // request parts included) alive until the timeout; dropped, its sender ends the
+        // timer at once.
+        let socket = Arc::downgrade(&socket);
         tokio::spawn(
             tokio::time::timeout(self.config.connect_timeout, rx).map_err(move |_| {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("connect timeout for socket {}", socket.id);
-                socket.close(EIoDisconnectReason::TransportClose);
+                if let Some(socket) = socket.upgrade() {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("connect timeout for socket {}", socket.id);
+                    socket.close(EIoDisconnectReason::TransportClose);
+                }
             }),
         );
     }
