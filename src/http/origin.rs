@@ -95,8 +95,7 @@ fn same_origin(origin: &[u8], uri: &Uri, headers: &HeaderMap, trust_proxy: bool)
                 .filter_map(|h| h.to_str().ok())
                 .flat_map(|h| h.split(','))
                 .map(str::trim)
-                .filter(|p| p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https"))
-                .next_back()
+                .rfind(|p| p.eq_ignore_ascii_case("http") || p.eq_ignore_ascii_case("https"))
         })
         .flatten();
     let own_scheme = forwarded.unwrap_or("http");

@@ -190,7 +190,7 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
     });
     // Each of these is answered with an event of its own when its argument has the shape
     // the suite sends.
-    let shaped: [(&str, &str, fn(&Dyn) -> bool); 4] = [
+    let shaped: [Shaped; 4] = [
         ("buffa", "buffack", Dyn::is_bytes),
         ("blob", "back", Dyn::is_bytes),
         ("jsonbuff", "jsonbuff-ack", is_mixed_binary),
@@ -300,3 +300,6 @@ pub fn layer() -> SocketIoLayer {
     io.ns("/no", on_empty.with(no_middleware));
     layer
 }
+
+/// An event of the suite, the event it is answered with, and the argument shape it needs.
+type Shaped = (&'static str, &'static str, fn(&Dyn) -> bool);
