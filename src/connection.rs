@@ -26,7 +26,8 @@ use socketioxide_core::Value;
 use crate::{
     auth::{AuthError, User, find_token},
     error::{AppError, Code, Failure},
-    handlers::{self, ClientEvent},
+    events::{ClientEvent, disconnect_label},
+    handlers,
     limits::{ConnSlot, EventLimiter, Verdict},
     rooms::Room,
     server::App,
@@ -297,20 +298,6 @@ async fn on_disconnect<A: Adapter>(
     }
     if let Some(lease) = &conn.presence {
         handlers::presence::disconnected(lease).await;
-    }
-}
-
-fn disconnect_label(reason: DisconnectReason) -> &'static str {
-    match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "parse_error",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "server_shutdown",
-        DisconnectReason::SlowConsumer => "slow_consumer",
     }
 }
 

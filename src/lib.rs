@@ -9,15 +9,22 @@
 //! - [`server`]: the router with the Socket.IO layer, [`server::serve`] with its graceful
 //!   stop, and the shared [`server::AppState`].
 //! - [`cluster`]: the Redis adapter (`REDIS_URL`), the Redis readiness check, and the
-//!   presence registry ([`cluster::presence`]: in memory, or in Redis).
+//!   presence registry ([`cluster::presence`]: the interface and its types in `mod.rs`,
+//!   the backings in `memory.rs` and `redis.rs`, an instance's own sockets in `local.rs`,
+//!   the Redis Lua scripts in `lua/*.lua`, listed in `scripts.rs`).
 //! - [`connection`]: a socket's life: admission in the connect middleware (caps, token,
 //!   auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
 //! - [`auth`]: token lookup and JWT verification, the [`auth::User`] of a socket.
 //! - [`rooms`]: the typed [`rooms::Room`] names, their access rules and auto-joins;
 //!   [`access`]: those rules plus the main backend's access hook.
 //! - [`limits`]: connection caps and the per-socket event buckets, kept per user.
+//! - [`events`]: the one table of client events (name, handler, rate-limited or not) and the
+//!   disconnect reasons' labels; it imports nothing of the crate, so every layer may use it.
 //! - [`handlers`]: one module per event family (rooms, comments, typing, presence, tasks,
-//!   messages, documents, metrics), routed from [`handlers::handle`].
+//!   messages, documents, metrics), routed from [`handlers::handle`] by a dispatch built
+//!   from the [`events`] table. [`handlers::documents`] is split by concern: `fields`
+//!   (validators, the binary field), `upload`, `publish` (and discard), `stream` (registry,
+//!   byte budget, runner), `sweeper`.
 //! - [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`, the `Origin` check,
 //!   admission of engine.io sessions at their handshake ([`http::admission`]: per-address
 //!   and total caps, descriptor reserve), and the hyper server loop with its request-head
@@ -38,6 +45,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod limits;

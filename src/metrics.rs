@@ -17,20 +17,10 @@ use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, Sh
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_process::Collector;
 
-use crate::{error::Code, handlers::ClientEvent};
-
-/// The `reason` labels of `trestle_disconnects_total`.
-pub const DISCONNECT_REASONS: &[&str] = &[
-    "transport_close",
-    "multiple_polling",
-    "parse_error",
-    "transport_error",
-    "heartbeat_timeout",
-    "client_disconnect",
-    "server_disconnect",
-    "server_shutdown",
-    "slow_consumer",
-];
+use crate::{
+    error::Code,
+    events::{ClientEvent, DISCONNECT_LABELS},
+};
 
 const METADATA: Metadata<'static> = Metadata::new("trestle", Level::INFO, None);
 
@@ -129,7 +119,7 @@ impl Metrics {
         // Labelled counters are registered with every label value up front, so that
         // dashboards and alerts see zeros rather than missing series.
         let labelled: [(&'static str, &'static str, &[&'static str]); 5] = [
-            ("trestle_disconnects_total", "reason", DISCONNECT_REASONS),
+            ("trestle_disconnects_total", "reason", &DISCONNECT_LABELS),
             (
                 "trestle_connections_refused_total",
                 "reason",

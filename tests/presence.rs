@@ -3,11 +3,10 @@
 //! The client-tests cover the same behaviour end to end; these pin the registry's
 //! decisions: who announces, when, and what a crash or a lost Redis leaves behind.
 
-use std::{
-    net::TcpListener,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+#[path = "common/redis.rs"]
+mod redis;
+
+use std::time::Duration;
 
 use fred::{
     clients::Client,
@@ -23,46 +22,7 @@ const GRACE: Duration = Duration::from_millis(1000);
 const GRACE_MS: i64 = 1000;
 const PREFIX: &str = "t:presence:";
 
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_redis() -> Redis {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (scripts/test.sh installs it)");
-    // Owned at once, so that a failed start still kills the process.
-    let redis = Redis {
-        child,
-        url: format!("redis://127.0.0.1:{port}"),
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return redis;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("redis-server did not listen on {port}");
-}
-
-async fn registry(redis: &Redis) -> Registry {
+async fn registry(redis: &redis::Redis) -> Registry {
     // The link (Redis marked down after a missed deadline) watches the adapter's
     // connection in the server; here a subscriber client of its own stands for it.
     let subscriber = Builder::from_config(Config::from_url(&redis.url).unwrap())
@@ -84,7 +44,7 @@ async fn command<R: fred::types::FromValue>(
 }
 
 /// A plain client, to look at or damage what the registry keeps.
-async fn raw(redis: &Redis) -> Client {
+async fn raw(redis: &redis::Redis) -> Client {
     let client = Builder::from_config(Config::from_url(&redis.url).unwrap())
         .build()
         .unwrap();
@@ -103,7 +63,7 @@ async fn status(r: &Registry, user: &str) -> (Status, Option<i64>) {
 
 #[tokio::test]
 async fn first_socket_anywhere_is_online_and_the_last_goes_offline_after_grace() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let (a, b) = (registry(&redis).await, registry(&redis).await);
     assert!(
         a.connect("u", "s1", &projects("p"), 1_000)
@@ -146,7 +106,7 @@ async fn first_socket_anywhere_is_online_and_the_last_goes_offline_after_grace()
 
 #[tokio::test]
 async fn a_reconnect_within_grace_changes_nothing() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let (a, b) = (registry(&redis).await, registry(&redis).await);
     assert!(a.connect("u", "s1", &[], 1_000).await.unwrap().is_some());
     a.disconnect("u", "s1", 2_000).await.unwrap();
@@ -164,7 +124,7 @@ async fn a_reconnect_within_grace_changes_nothing() {
 
 #[tokio::test]
 async fn away_and_back() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let a = registry(&redis).await;
     a.connect("u", "s1", &[], 1_000).await.unwrap();
     assert!(a.set_status("u", Status::Away, 2_000).await.unwrap());
@@ -189,7 +149,7 @@ async fn away_and_back() {
 
 #[tokio::test]
 async fn a_dead_instance_is_reaped_and_only_its_lone_users_go_offline() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let (a, b) = (registry(&redis).await, registry(&redis).await);
     let now = trestle::cluster::presence::now_ms();
     a.connect("x", "ax", &projects("p"), now).await.unwrap();
@@ -220,7 +180,7 @@ async fn a_dead_instance_is_reaped_and_only_its_lone_users_go_offline() {
 
 #[tokio::test]
 async fn after_redis_loses_everything_the_instance_registers_again() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let a = registry(&redis).await;
     a.connect("u", "s1", &projects("p"), 1_000).await.unwrap();
     a.connect("v", "s2", &[], 1_000).await.unwrap();
@@ -252,7 +212,7 @@ async fn after_redis_loses_everything_the_instance_registers_again() {
 
 #[tokio::test]
 async fn a_released_instance_hands_its_users_to_the_grace_period() {
-    let redis = start_redis().await;
+    let redis = redis::start().await;
     let (a, b) = (registry(&redis).await, registry(&redis).await);
     a.connect("u", "s1", &[], 1_000).await.unwrap();
     a.connect("w", "s2", &[], 1_000).await.unwrap();

@@ -12,6 +12,7 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, socket::Sid};
+use socketioxide_core::Value;
 
 use super::Cx;
 use crate::{error::AppError, rooms::Room, server::App, time::iso_now};
@@ -85,7 +86,10 @@ async fn snapshot<A: Adapter>(app: &App<A>, events_per_second: f64) -> Snapshot 
 }
 
 /// `subscribe_metrics`: needs `admin` or `metrics`; the first update is sent at once.
-pub async fn subscribe_metrics<A: Adapter>(cx: &Cx<'_, A>) -> Result<Json, AppError> {
+pub async fn subscribe_metrics<A: Adapter>(
+    cx: &Cx<'_, A>,
+    _payload: &mut Value,
+) -> Result<Json, AppError> {
     if !cx.conn.user.can("metrics") {
         return Err(AppError::forbidden("Missing permission metrics"));
     }
@@ -103,8 +107,11 @@ pub async fn subscribe_metrics<A: Adapter>(cx: &Cx<'_, A>) -> Result<Json, AppEr
     Ok(json!({}))
 }
 
-/// `unsubscribe_metrics`.
-pub async fn unsubscribe_metrics<A: Adapter>(cx: &Cx<'_, A>) -> Result<Json, AppError> {
+/// `unsubscribe_metrics` (like `subscribe_metrics`, it takes no payload: any is ignored).
+pub async fn unsubscribe_metrics<A: Adapter>(
+    cx: &Cx<'_, A>,
+    _payload: &mut Value,
+) -> Result<Json, AppError> {
     cx.app.metrics_feed.unsubscribe(cx.socket.id);
     Ok(json!({}))
 }

@@ -1,4 +1,5 @@
-//! Client events: the list of names, the one place they are routed, and payload decoding.
+//! Client events: their dispatch (built from the table in [`crate::events`]), the
+//! handler context [`Cx`], and payload decoding.
 //!
 //! Each event family has its module of free `async fn`s named after their event. They
 //! take the [`Cx`] of the socket and the payload, and return the ack body or an
@@ -25,7 +26,7 @@ use socketioxide::{
 };
 use socketioxide_core::Value;
 
-use crate::{connection::Conn, error::AppError, server::App};
+use crate::{connection::Conn, error::AppError, events::ClientEvent, server::App};
 
 /// Event names Socket.IO reserves for itself: neither clients nor the publish API may
 /// send them.
@@ -64,137 +65,6 @@ pub const SERVER_EVENTS: &[&str] = &[
     "resource_updated",
     "notification",
 ];
-
-/// Every client event the server handles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientEvent {
-    /// `join_room`
-    JoinRoom,
-    /// `leave_room`
-    LeaveRoom,
-    /// `broadcast_room`
-    BroadcastRoom,
-    /// `subscribe_metrics`
-    SubscribeMetrics,
-    /// `unsubscribe_metrics`
-    UnsubscribeMetrics,
-    /// `new_comment`
-    NewComment,
-    /// `edit_comment`
-    EditComment,
-    /// `delete_comment`
-    DeleteComment,
-    /// `list_comments`
-    ListComments,
-    /// `typing_comment`
-    TypingComment,
-    /// `typing_stop`
-    TypingStop,
-    /// `task_update`
-    TaskUpdate,
-    /// `time_tracking`
-    TimeTracking,
-    /// `direct_message`
-    DirectMessage,
-    /// `set_status`
-    SetStatus,
-    /// `user_active`
-    UserActive,
-    /// `get_presence`
-    GetPresence,
-    /// `document_upload_start`
-    DocumentUploadStart,
-    /// `document_upload_chunk`
-    DocumentUploadChunk,
-    /// `document_upload_status`
-    DocumentUploadStatus,
-    /// `document_upload_complete`
-    DocumentUploadComplete,
-    /// `document_upload_abort`
-    DocumentUploadAbort,
-    /// `document_stream`
-    DocumentStream,
-    /// `document_stream_cancel`
-    DocumentStreamCancel,
-    /// `list_documents`
-    ListDocuments,
-}
-
-impl ClientEvent {
-    /// Every event, in declaration order (the discriminant is the index).
-    pub const ALL: [ClientEvent; 25] = [
-        ClientEvent::JoinRoom,
-        ClientEvent::LeaveRoom,
-        ClientEvent::BroadcastRoom,
-        ClientEvent::SubscribeMetrics,
-        ClientEvent::UnsubscribeMetrics,
-        ClientEvent::NewComment,
-        ClientEvent::EditComment,
-        ClientEvent::DeleteComment,
-        ClientEvent::ListComments,
-        ClientEvent::TypingComment,
-        ClientEvent::TypingStop,
-        ClientEvent::TaskUpdate,
-        ClientEvent::TimeTracking,
-        ClientEvent::DirectMessage,
-        ClientEvent::SetStatus,
-        ClientEvent::UserActive,
-        ClientEvent::GetPresence,
-        ClientEvent::DocumentUploadStart,
-        ClientEvent::DocumentUploadChunk,
-        ClientEvent::DocumentUploadStatus,
-        ClientEvent::DocumentUploadComplete,
-        ClientEvent::DocumentUploadAbort,
-        ClientEvent::DocumentStream,
-        ClientEvent::DocumentStreamCancel,
-        ClientEvent::ListDocuments,
-    ];
-
-    /// The event name on the wire.
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientEvent::JoinRoom => "join_room",
-            ClientEvent::LeaveRoom => "leave_room",
-            ClientEvent::BroadcastRoom => "broadcast_room",
-            ClientEvent::SubscribeMetrics => "subscribe_metrics",
-            ClientEvent::UnsubscribeMetrics => "unsubscribe_metrics",
-            ClientEvent::NewComment => "new_comment",
-            ClientEvent::EditComment => "edit_comment",
-            ClientEvent::DeleteComment => "delete_comment",
-            ClientEvent::ListComments => "list_comments",
-            ClientEvent::TypingComment => "typing_comment",
-            ClientEvent::TypingStop => "typing_stop",
-            ClientEvent::TaskUpdate => "task_update",
-            ClientEvent::TimeTracking => "time_tracking",
-            ClientEvent::DirectMessage => "direct_message",
-            ClientEvent::SetStatus => "set_status",
-            ClientEvent::UserActive => "user_active",
-            ClientEvent::GetPresence => "get_presence",
-            ClientEvent::DocumentUploadStart => "document_upload_start",
-            ClientEvent::DocumentUploadChunk => "document_upload_chunk",
-            ClientEvent::DocumentUploadStatus => "document_upload_status",
-            ClientEvent::DocumentUploadComplete => "document_upload_complete",
-            ClientEvent::DocumentUploadAbort => "document_upload_abort",
-            ClientEvent::DocumentStream => "document_stream",
-            ClientEvent::DocumentStreamCancel => "document_stream_cancel",
-            ClientEvent::ListDocuments => "list_documents",
-        }
-    }
-
-    /// The event called `name`, if the server handles it.
-    pub fn from_name(name: &str) -> Option<ClientEvent> {
-        Self::ALL.into_iter().find(|e| e.name() == name)
-    }
-
-    /// Whether the event counts against the per-socket rate limit (typing indicators and
-    /// upload chunks do not, by contract).
-    pub fn is_rate_limited(self) -> bool {
-        !matches!(
-            self,
-            ClientEvent::TypingComment | ClientEvent::TypingStop | ClientEvent::DocumentUploadChunk
-        )
-    }
-}
 
 /// An id (user, project, task, comment) from a payload field: a string or an integer of
 /// the id alphabet, else `INVALID_PAYLOAD` naming the field.
@@ -362,6 +232,46 @@ impl<'de> serde::Deserialize<'de> for Args {
     }
 }
 
+/// What a handler returns, split into the answer and any work to start once it has been
+/// sent (only `document_stream` leaves such work: its chunks follow its ack).
+pub trait Reply {
+    /// The answer, and the work to start after it.
+    fn split(self) -> (Result<Json, AppError>, Option<AfterReply>);
+}
+
+impl Reply for Result<Json, AppError> {
+    fn split(self) -> (Result<Json, AppError>, Option<AfterReply>) {
+        (self, None)
+    }
+}
+
+impl Reply for Result<(Json, Option<AfterReply>), AppError> {
+    fn split(self) -> (Result<Json, AppError>, Option<AfterReply>) {
+        match self {
+            Ok((body, after)) => (Ok(body), after),
+            Err(e) => (Err(e), None),
+        }
+    }
+}
+
+/// Builds [`dispatch`] from the table of [`crate::events::client_events!`]: one arm per
+/// event, each calling its handler (the compiler checks that every event has one).
+macro_rules! define_dispatch {
+    ($($variant:ident = $name:literal => $handler:path, $limit:ident;)*) => {
+        async fn dispatch<A: Adapter>(
+            cx: &Cx<'_, A>,
+            event: ClientEvent,
+            value: &mut Value,
+        ) -> (Result<Json, AppError>, Option<AfterReply>) {
+            match event {
+                $(ClientEvent::$variant => $handler(cx, value).await.split(),)*
+            }
+        }
+    };
+}
+
+crate::events::client_events!(define_dispatch);
+
 /// Routes one event to its handler; returns the answer and any work to start once it
 /// has been sent.
 pub async fn handle<A: Adapter>(
@@ -381,40 +291,5 @@ pub async fn handle<A: Adapter>(
         conn,
         raw: socket,
     };
-    if event == ClientEvent::DocumentStream {
-        return match documents::document_stream(&cx, value).await {
-            Ok((body, after)) => (Ok(body), after),
-            Err(e) => (Err(e), None),
-        };
-    }
-    let result = match event {
-        ClientEvent::JoinRoom => rooms::join_room(&cx, value).await,
-        ClientEvent::LeaveRoom => rooms::leave_room(&cx, value).await,
-        ClientEvent::BroadcastRoom => rooms::broadcast_room(&cx, value).await,
-        ClientEvent::SubscribeMetrics => metrics::subscribe_metrics(&cx).await,
-        ClientEvent::UnsubscribeMetrics => metrics::unsubscribe_metrics(&cx).await,
-        ClientEvent::NewComment => comments::new_comment(&cx, value).await,
-        ClientEvent::EditComment => comments::edit_comment(&cx, value).await,
-        ClientEvent::DeleteComment => comments::delete_comment(&cx, value).await,
-        ClientEvent::ListComments => comments::list_comments(&cx, value).await,
-        ClientEvent::TypingComment => typing::typing_comment(&cx, value).await,
-        ClientEvent::TypingStop => typing::typing_stop(&cx, value).await,
-        ClientEvent::TaskUpdate => tasks::task_update(&cx, value).await,
-        ClientEvent::TimeTracking => tasks::time_tracking(&cx, value).await,
-        ClientEvent::DirectMessage => messages::direct_message(&cx, value).await,
-        ClientEvent::SetStatus => presence::set_status(&cx, value).await,
-        ClientEvent::UserActive => presence::user_active(&cx, value).await,
-        ClientEvent::GetPresence => presence::get_presence(&cx, value).await,
-        ClientEvent::DocumentUploadStart => documents::document_upload_start(&cx, value).await,
-        ClientEvent::DocumentUploadChunk => documents::document_upload_chunk(&cx, value).await,
-        ClientEvent::DocumentUploadStatus => documents::document_upload_status(&cx, value).await,
-        ClientEvent::DocumentUploadComplete => {
-            documents::document_upload_complete(&cx, value).await
-        }
-        ClientEvent::DocumentUploadAbort => documents::document_upload_abort(&cx, value).await,
-        ClientEvent::DocumentStream => unreachable!("handled above"),
-        ClientEvent::DocumentStreamCancel => documents::document_stream_cancel(&cx, value).await,
-        ClientEvent::ListDocuments => documents::list_documents(&cx, value).await,
-    };
-    (result, None)
+    dispatch(&cx, event, value).await
 }

@@ -1,6 +1,10 @@
 //! Test support: a server on port 0 with a shutdown handle, tokens, and a minimal
 //! Socket.IO v5 client over a real websocket (raw frames, so tests see exactly what a
 //! client receives).
+//!
+//! `pg.rs` (PostgreSQL through `scripts/pg.sh`) and `redis.rs` (a `redis-server` of the
+//! test's own) beside it are not declared here: the crates that need them include them
+//! with `#[path = "common/pg.rs"] mod pg;`, so that the others do not compile them.
 #![allow(dead_code)]
 
 use std::{collections::VecDeque, net::SocketAddr, time::Duration};

@@ -1,0 +1,356 @@
+//! Document streams: the per-socket registry, the instance's byte budget, the
+//! `document_stream` and `document_stream_cancel` handlers, and the stream runner.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use socketioxide::{SendError, SocketError, adapter::Adapter, socket::Socket};
+use socketioxide_core::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::require_project;
+use crate::{
+    error::{AppError, Code},
+    handlers::{AfterReply, Cx, id_field},
+    rooms::Id,
+    server::App,
+    store::Document,
+};
+
+/// Stream chunk sizes are clamped to this range.
+const STREAM_CHUNK_MIN: u64 = 1024;
+const STREAM_CHUNK_MAX: u64 = 1024 * 1024;
+/// Stream chunk size when the client names none.
+const STREAM_CHUNK_DEFAULT: u64 = 65_536;
+
+/// The streams of one socket (in its `Conn`): aborted on cancel, replacement,
+/// disconnect, and when the socket is dropped.
+#[derive(Default)]
+pub struct Streams(Mutex<Vec<StreamEntry>>);
+
+struct StreamEntry {
+    document: String,
+    token: u64,
+    task: tokio::task::AbortHandle,
+}
+
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+impl Streams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StreamEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the stream of `document`, if any; returns whether there was one.
+    fn cancel(&self, document: &str) -> bool {
+        let mut streams = self.lock();
+        let before = streams.len();
+        streams.retain(|s| {
+            let keep = s.document != document;
+            if !keep {
+                s.task.abort();
+            }
+            keep
+        });
+        streams.len() != before
+    }
+
+    /// Stops every stream.
+    pub fn cancel_all(&self) {
+        for s in self.lock().drain(..) {
+            s.task.abort();
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn finished(&self, token: u64) {
+        self.lock().retain(|s| s.token != token);
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.cancel_all();
+    }
+}
+
+/// The instance's budget of streamed bytes sent and not yet acknowledged
+/// (`STREAM_BUDGET_BYTES`), shared by every stream: what clients that do not ack can make
+/// the server hold is this, whatever the number of sockets and streams.
+#[derive(Debug)]
+pub struct StreamBudget(Option<(Arc<Semaphore>, u64)>);
+
+impl StreamBudget {
+    /// A budget of `bytes` (0: none).
+    pub fn new(bytes: u64) -> Self {
+        let total = bytes.min(Semaphore::MAX_PERMITS as u64);
+        StreamBudget((total > 0).then(|| (Arc::new(Semaphore::new(total as usize)), total)))
+    }
+
+    /// The permits a chunk of `bytes` takes: a chunk larger than the whole budget takes
+    /// all of it, so that it can still go out alone.
+    fn cost(total: u64, bytes: u64) -> u32 {
+        u32::try_from(bytes.min(total)).unwrap_or(u32::MAX)
+    }
+
+    /// Whether a chunk of `bytes` would have to wait for room now.
+    fn is_full(&self, bytes: u64) -> bool {
+        self.0.as_ref().is_some_and(|(sem, total)| {
+            (sem.available_permits() as u64) < u64::from(Self::cost(*total, bytes))
+        })
+    }
+
+    /// Room for a chunk of `bytes` now: `Err` when there is none, `Ok(None)` without a
+    /// budget.
+    fn try_take(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.0 {
+            None => Ok(None),
+            Some((sem, total)) => sem
+                .clone()
+                .try_acquire_many_owned(Self::cost(*total, bytes))
+                .map(Some)
+                .map_err(|_| ()),
+        }
+    }
+
+    /// Room for a chunk of `bytes`, waiting for it (`None` without a budget).
+    async fn take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let (sem, total) = self.0.as_ref()?;
+        sem.clone()
+            .acquire_many_owned(Self::cost(*total, bytes))
+            .await
+            .ok()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StreamPayload {
+    #[serde(default)]
+    document_id: Json,
+    #[serde(default)]
+    chunk_size: Option<Json>,
+    #[serde(default)]
+    offset: Option<Json>,
+}
+
+/// `document_stream { documentId, chunkSize?, offset? }` → `{ size, totalChunks, sha256 }`,
+/// then `document_chunk` events paced by the client's acks, then `document_complete`.
+pub async fn document_stream<A: Adapter>(
+    cx: &Cx<'_, A>,
+    value: &mut Value,
+) -> Result<(Json, Option<AfterReply>), AppError> {
+    let p: StreamPayload = cx.payload(value)?;
+    let id = id_field("documentId", &p.document_id)?;
+    let chunk = match p.chunk_size.as_ref().filter(|v| !v.is_null()) {
+        None => STREAM_CHUNK_DEFAULT,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => n.clamp(STREAM_CHUNK_MIN, STREAM_CHUNK_MAX),
+            _ => return Err(AppError::invalid("chunkSize must be a positive integer")),
+        },
+    };
+    let state = &cx.app.state;
+    let doc = state
+        .store
+        .document_get(id.as_str())
+        .await
+        .map_err(|e| AppError::internal("reading a document", format!("{e:#}")))?
+        .ok_or_else(|| AppError::new(Code::NotFound, "Document not found"))?;
+    require_project(state, &cx.conn.user, &Id::from_trusted(&doc.project_id)).await?;
+    let size = doc.size as u64;
+    let offset = match p.offset.as_ref().filter(|v| !v.is_null()) {
+        None => 0,
+        Some(v) => match v.as_u64() {
+            Some(o) if o <= size && o % chunk == 0 => o,
+            _ => {
+                return Err(AppError::invalid(
+                    "offset must be a multiple of chunkSize within the document",
+                ));
+            }
+        },
+    };
+    let streams = &cx.conn.streams;
+    // A new stream of a document replaces the one running; only others count.
+    streams.cancel(&doc.id);
+    let max = state.config.max_streams_per_socket as usize;
+    if streams.running() >= max {
+        return Err(AppError::new(
+            Code::RateLimited,
+            format!("At most {max} streams at once on one connection"),
+        ));
+    }
+    // Past the instance's budget of unacknowledged stream bytes, a new stream is refused
+    // rather than queued behind clients that may never ack.
+    if state
+        .stream_budget
+        .is_full(chunk.min(size.saturating_sub(offset)).max(1))
+    {
+        return Err(AppError::new(
+            Code::RateLimited,
+            "The server is streaming all it can; try again shortly",
+        ));
+    }
+    let total = size.div_ceil(chunk);
+    let ack = json!({ "size": doc.size, "totalChunks": total, "sha256": doc.sha256 });
+    let plan = Stream {
+        doc,
+        chunk,
+        total,
+        first: offset / chunk,
+        window: state.config.stream_window.max(1) as usize,
+        ack_timeout: Duration::from_millis(state.config.stream_ack_timeout_ms),
+    };
+    // Started once the ack has gone out, so that the client has it before any chunk.
+    let (app, socket, conn) = (cx.app.clone(), cx.raw_socket().clone(), cx.conn_arc());
+    let start: AfterReply = Box::new(move || {
+        let token = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        let document = plan.doc.id.clone();
+        let task = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                plan.run(&app, &socket).await;
+                conn.streams.finished(token);
+            })
+        };
+        conn.streams.lock().push(StreamEntry {
+            document,
+            token,
+            task: task.abort_handle(),
+        });
+    });
+    Ok((ack, Some(start)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DocumentIdPayload {
+    #[serde(default)]
+    document_id: Json,
+}
+
+/// `document_stream_cancel { documentId }` → `{}` (also when nothing was streaming).
+pub async fn document_stream_cancel<A: Adapter>(
+    cx: &Cx<'_, A>,
+    value: &mut Value,
+) -> Result<Json, AppError> {
+    let p: DocumentIdPayload = cx.payload(value)?;
+    let id = id_field("documentId", &p.document_id)?;
+    cx.conn.streams.cancel(id.as_str());
+    Ok(json!({}))
+}
+
+/// One document stream.
+struct Stream {
+    doc: Document,
+    chunk: u64,
+    total: u64,
+    first: u64,
+    window: usize,
+    ack_timeout: Duration,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChunkOut<'a> {
+    document_id: &'a str,
+    chunk_index: u64,
+    total_chunks: u64,
+    offset: u64,
+    data: Bytes,
+}
+
+impl Stream {
+    /// Sends the chunks, never more than `window` waiting for their ack, then
+    /// `document_complete`. Ends early when the socket goes, or when the client leaves a
+    /// chunk unacknowledged for `ack_timeout`.
+    async fn run<A: Adapter>(self, app: &App<A>, socket: &Arc<Socket<A>>) {
+        let size = self.doc.size as u64;
+        let mut next = self.first;
+        let mut waiting = FuturesUnordered::new();
+        loop {
+            while waiting.len() < self.window && next < self.total {
+                let offset = next * self.chunk;
+                let end = (offset + self.chunk).min(size);
+                // Room in the instance's budget: while chunks of this stream wait for their
+                // acks, wait for those (they give room back) rather than for the budget.
+                let budget = &app.state.stream_budget;
+                let permit = match budget.try_take(end - offset) {
+                    Ok(permit) => permit,
+                    Err(()) if !waiting.is_empty() => break,
+                    Err(()) => {
+                        match tokio::time::timeout(self.ack_timeout, budget.take(end - offset))
+                            .await
+                        {
+                            Ok(permit) => permit,
+                            Err(_) => {
+                                tracing::debug!(document = %self.doc.id, "stream ended: no room in the stream budget");
+                                return;
+                            }
+                        }
+                    }
+                };
+                let data = match app.state.objects.read(&self.doc.id, offset..end).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(document = %self.doc.id, error = format!("{e:#}"), "cannot read a document for a stream");
+                        return;
+                    }
+                };
+                let out = ChunkOut {
+                    document_id: &self.doc.id,
+                    chunk_index: next,
+                    total_chunks: self.total,
+                    offset,
+                    data,
+                };
+                match socket
+                    .timeout(self.ack_timeout)
+                    .emit_with_ack::<_, serde::de::IgnoredAny>("document_chunk", &out)
+                {
+                    // The chunk's share of the budget is given back with its ack (or
+                    // when the stream ends).
+                    Ok(ack) => waiting.push(FutureExt::map(ack, move |answer| {
+                        drop(permit);
+                        answer
+                    })),
+                    // The client's buffer is full: wait for an ack before sending more.
+                    Err(SendError::Socket(SocketError::InternalChannelFull))
+                        if !waiting.is_empty() =>
+                    {
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(document = %self.doc.id, error = %e, "stream ended: cannot send");
+                        return;
+                    }
+                }
+                next += 1;
+            }
+            match waiting.next().await {
+                None => break,
+                Some(Ok(_)) | Some(Err(socketioxide::AckError::Decode(_))) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(document = %self.doc.id, error = %e, "stream ended: no ack from the client");
+                    return;
+                }
+            }
+        }
+        let done =
+            json!({ "documentId": self.doc.id, "size": self.doc.size, "sha256": self.doc.sha256 });
+        if let Err(e) = socket.emit("document_complete", &done) {
+            tracing::debug!(error = %e, "could not send document_complete");
+        }
+    }
+}
