@@ -1,5 +1,8 @@
 //! Who may use a room: the token's claims first, then the optional access hook of the
-//! main backend (contract sections 2 and 10).
+//! main backend (contract sections 2 and 10). Every room-access decision goes through
+//! [`Access::require`]; [`granted_by_claims`] alone (no hook) is for what must not ask
+//! the hook (`get_presence`'s locations), and [`automatic`] lists the rooms joined on
+//! connect.
 //!
 //! The hook (`ACCESS_HOOK_URL`) is asked with `POST { userId, room }` and answers
 //! `{ "allowed": true | false }`. Answers are cached for `ACCESS_HOOK_CACHE_MS` (30 s).
@@ -16,7 +19,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{auth::User, config::Config, rooms::Room};
+use crate::{auth::User, config::Config, error::AppError, rooms::Room};
 
 /// Most cached answers; past this the cache starts afresh (a burst of distinct rooms
 /// cannot grow memory without bound).
@@ -74,10 +77,18 @@ impl Access {
         Ok(Access { hook })
     }
 
-    /// Whether `user` may join or use `room`: granted by the claims (or `admin`), else
-    /// by the hook when one is configured.
-    pub async fn allows(&self, user: &User, room: &Room) -> bool {
-        if room.granted_by_claims(user) {
+    /// `FORBIDDEN` unless `user` may join or use `room`: granted by the claims (or
+    /// `admin`), else by the hook when one is configured.
+    pub async fn require(&self, user: &User, room: &Room) -> Result<(), AppError> {
+        if self.allows(user, room).await {
+            Ok(())
+        } else {
+            Err(AppError::forbidden("Not allowed in this room"))
+        }
+    }
+
+    async fn allows(&self, user: &User, room: &Room) -> bool {
+        if granted_by_claims(user, room) {
             return true;
         }
         let Some(hook) = &self.hook else {
@@ -88,6 +99,39 @@ impl Access {
         }
         hook.ask(user.id.as_str(), &room.to_string()).await
     }
+}
+
+/// Whether the claims of `user` grant `room` (the hook, in [`Access::require`], may
+/// grant more).
+pub fn granted_by_claims(user: &User, room: &Room) -> bool {
+    if user.admin {
+        return true;
+    }
+    match room {
+        Room::Notifications(id) | Room::Contacts(id) => !user.anonymous && *id == user.id,
+        Room::Presence(_) => !user.anonymous,
+        Room::Project(p) | Room::ProjectComments(p) | Room::ProjectActivity(p) => {
+            user.projects.contains(p)
+        }
+        Room::Task(t) | Room::TaskComments(t) | Room::TaskTime(t) => user.tasks.contains(t),
+        Room::Team(m) | Room::TeamChat(m) => user.teams.contains(m),
+    }
+}
+
+/// The rooms a user joins on connect: own notifications, contacts and presence, and the
+/// project and team rooms of the claims. Anonymous users join none.
+pub fn automatic(user: &User) -> Vec<Room> {
+    if user.anonymous {
+        return Vec::new();
+    }
+    let mut rooms = vec![
+        Room::Notifications(user.id.clone()),
+        Room::Contacts(user.id.clone()),
+        Room::Presence(user.id.clone()),
+    ];
+    rooms.extend(user.projects.iter().cloned().map(Room::Project));
+    rooms.extend(user.teams.iter().cloned().map(Room::Team));
+    rooms
 }
 
 impl Hook {

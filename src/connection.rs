@@ -8,11 +8,10 @@
 
 use std::{
     collections::VecDeque,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, Mutex},
 };
 
-use axum::extract::ConnectInfo;
 use futures_util::{FutureExt, future::BoxFuture};
 use serde_json::Value as Json;
 use socketioxide::{
@@ -24,13 +23,14 @@ use socketioxide::{
 use socketioxide_core::Value;
 
 use crate::{
+    app::App,
     auth::{AuthError, User, find_token},
     error::{AppError, Code, Failure},
     events::{ClientEvent, disconnect_label},
     handlers,
-    limits::{ConnSlot, EventLimiter, Verdict},
+    limits::{Verdict, client_ip},
     rooms::Room,
-    server::App,
+    session::{Conn, Inbox, Job, Lease, Work, conn_of},
 };
 
 /// Events a socket may have waiting to be handled; past this they are refused.
@@ -39,93 +39,12 @@ const MAX_PENDING_EVENTS: usize = 256;
 /// so without this one client could park 256 messages of 1 MB each).
 const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
-/// What the server keeps for one connected socket (in its extensions).
-pub struct Conn {
-    /// Who is connected.
-    pub user: User,
-    /// Rooms joined with `join_room` (auto-joined rooms are not listed).
-    pub joined: Mutex<Vec<Room>>,
-    /// Rooms this socket is typing in.
-    pub typing: handlers::typing::Typing,
-    /// Document streams running on this socket.
-    pub streams: handlers::documents::Streams,
-    /// The socket's presence registration (none for anonymous users).
-    pub presence: Option<handlers::presence::Lease>,
-    limiter: EventLimiter,
-    inbox: Mutex<Inbox>,
-    _slot: ConnSlot,
-}
-
-#[derive(Default)]
-struct Inbox {
-    queue: VecDeque<Job>,
-    /// Payload bytes held by `queue`.
-    bytes: usize,
-    running: bool,
-}
-
 /// The size of an event's payload: its text and binary attachments.
 fn payload_bytes(value: &Value) -> usize {
     match value {
         Value::Str(s, bins) => s.len() + bins.iter().flatten().map(|b| b.len()).sum::<usize>(),
         Value::Bytes(b) => b.len(),
     }
-}
-
-/// One event waiting in a socket's inbox, with the ack id the client gave it.
-struct Job {
-    work: Work,
-    ack: Option<i64>,
-    bytes: usize,
-}
-
-/// What to do for an event. Refusals decided on arrival (unknown name, rate limit) wait
-/// in the same queue, so every answer leaves in the order the events came.
-enum Work {
-    /// The user's queued offline messages, first of all, right after the CONNECT ack
-    /// (and again later when the database did not answer then).
-    DeliverOffline,
-    Handle(ClientEvent, Value),
-    Refuse(AppError),
-    RefuseAndDisconnect(AppError),
-}
-
-impl Conn {
-    /// The rooms this socket joined with `join_room`, as a copy.
-    pub fn joined_rooms(&self) -> Vec<Room> {
-        self.joined
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-/// The connection's [`Conn`].
-pub fn conn_of<A: Adapter>(socket: &Socket<A>) -> Option<Arc<Conn>> {
-    socket.extensions.get::<Arc<Conn>>()
-}
-
-/// The client address: the peer address, or with `TRUST_PROXY` the last
-/// `X-Forwarded-For` entry (the one the trusted proxy added; earlier ones are the client's
-/// own claims and could be forged).
-pub(crate) fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> IpAddr {
-    if trust_proxy
-        && let Some(ip) = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .flat_map(|h| h.split(','))
-            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-            .next_back()
-    {
-        return ip;
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 /// A refused connection; `Display` is the `connect_error` message the client sees.
@@ -168,7 +87,7 @@ fn admit_socket<A: Adapter>(
     let state = &app.state;
     let cfg = &state.config;
     if state.is_shutting_down() {
-        state.metrics.refused("shutting_down");
+        state.metrics.count(crate::metrics::Refused::ShuttingDown);
         return Err(Refused("Server at capacity".into()));
     }
     let parts = socket.req_parts();
@@ -176,7 +95,7 @@ fn admit_socket<A: Adapter>(
         .limits
         .admit(client_ip(parts, cfg.trust_proxy))
         .map_err(|r| {
-            state.metrics.refused(r.reason());
+            state.metrics.count(r.at_connect());
             Refused(r.to_string())
         })?;
     let user = match find_token(auth, parts) {
@@ -185,12 +104,15 @@ fn admit_socket<A: Adapter>(
         None => Err(AuthError::Required),
     }
     .map_err(|e| {
-        state.metrics.auth_failure(e.reason());
+        state.metrics.count(e);
         tracing::debug!(sid = %socket.id, reason = e.reason(), "authentication refused");
         Refused(e.to_string())
     })?;
 
-    let mut rooms: Vec<String> = Room::automatic(&user).iter().map(Room::to_string).collect();
+    let mut rooms: Vec<String> = crate::access::automatic(&user)
+        .iter()
+        .map(Room::to_string)
+        .collect();
     // socketioxide does not put a socket in the room named by its id; the contract needs
     // it so that one socket can be reached from any instance.
     rooms.push(socket.id.to_string());
@@ -206,9 +128,8 @@ fn admit_socket<A: Adapter>(
         bytes: 0,
         running: true,
     };
-    let presence = (!user.anonymous).then(|| {
-        handlers::presence::Lease::new(state.presence.clone(), user.id.clone(), socket.id)
-    });
+    let presence =
+        (!user.anonymous).then(|| Lease::new(state.presence.clone(), user.id.clone(), socket.id));
     let limiter = state.budgets.lease(&budget_key(&user, slot.ip()));
     let conn = Arc::new(Conn {
         user,
@@ -402,6 +323,14 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
                     tracing::error!(sid = %socket.id, event = event.name(), "handler panicked");
                     (Err(AppError::new(Code::Internal, "Internal error")), None)
                 });
+                if let Some(cause) = result.as_ref().err().and_then(AppError::cause) {
+                    // The one place a failure of the server is logged: with its whole chain
+                    // of contexts, which the client never sees.
+                    tracing::error!(
+                        sid = %socket.id, user = %conn.user.id, event = event.name(),
+                        error = format!("{cause:#}"), "event failed"
+                    );
+                }
                 reply(&app, &socket, job.ack, result);
                 if let Some(start) = after {
                     start();
@@ -458,7 +387,7 @@ fn reply<A: Adapter>(
     result: Result<Json, AppError>,
 ) {
     if let Err(e) = &result {
-        app.state.metrics.event_error(e.code.as_str());
+        app.state.metrics.count(e.code);
     }
     let sent = match (result, ack) {
         (Ok(body), Some(_)) => ack_sender(socket, ack).send(&success(body)),

@@ -1,8 +1,12 @@
 //! The one error type handlers return, and how it reaches the client.
 //!
 //! A handler fails with an [`AppError`]; the dispatcher turns it into the contract's
-//! `{ success: false, error, code }` shape once. Internal errors are logged with their
-//! context and reach the client only as `INTERNAL`.
+//! `{ success: false, error, code }` shape once. A failure of the server itself comes in
+//! as an `anyhow::Error` (`?` after `.context("what was being done")`): the client sees
+//! only `INTERNAL`, and the whole chain of causes is logged once, where the answer is
+//! sent (`connection::reply`), so no call site logs and none loses the inner causes.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -31,17 +35,17 @@ pub enum Code {
 }
 
 impl Code {
-    /// Every code as the client sees it.
-    pub const ALL_STR: &'static [&'static str] = &[
-        "INVALID_PAYLOAD",
-        "INVALID_ROOM",
-        "FORBIDDEN",
-        "NOT_FOUND",
-        "ROOM_FULL",
-        "RATE_LIMITED",
-        "TOO_LARGE",
-        "CONFLICT",
-        "INTERNAL",
+    /// Every code.
+    pub const ALL: &'static [Code] = &[
+        Code::InvalidPayload,
+        Code::InvalidRoom,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::RoomFull,
+        Code::RateLimited,
+        Code::TooLarge,
+        Code::Conflict,
+        Code::Internal,
     ];
 
     /// The code as the client sees it, also used as a metrics label.
@@ -68,6 +72,8 @@ pub struct AppError {
     pub code: Code,
     /// The human message sent as `error`.
     pub message: String,
+    /// For `INTERNAL`: what failed, with its context, for the log only.
+    cause: Option<Arc<anyhow::Error>>,
 }
 
 impl AppError {
@@ -76,6 +82,7 @@ impl AppError {
         Self {
             code,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -89,10 +96,20 @@ impl AppError {
         Self::new(Code::Forbidden, message)
     }
 
-    /// `INTERNAL`, after logging the real cause with its context.
-    pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
-        tracing::error!(%cause, "{context}");
-        Self::new(Code::Internal, "Internal error")
+    /// What failed on the server, with every context it went through; `None` for a
+    /// refusal of the request itself.
+    pub fn cause(&self) -> Option<&anyhow::Error> {
+        self.cause.as_deref()
+    }
+}
+
+/// A failure of the server: `INTERNAL` for the client, the cause kept for the log.
+impl From<anyhow::Error> for AppError {
+    fn from(cause: anyhow::Error) -> Self {
+        Self {
+            cause: Some(Arc::new(cause)),
+            ..Self::new(Code::Internal, "Internal error")
+        }
     }
 }
 
@@ -111,5 +128,39 @@ impl<'a> From<&'a AppError> for Failure<'a> {
             error: &e.message,
             code: e.code,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_whole_chain_and_shows_the_client_nothing_of_it() {
+        let inner: anyhow::Result<()> = Err(anyhow::anyhow!("connection refused"));
+        let e: AppError = inner
+            .context("reading a comment")
+            .context("editing a comment")
+            .unwrap_err()
+            .into();
+        assert_eq!(e.code, Code::Internal);
+        assert_eq!(e.message, "Internal error");
+        let logged = format!("{:#}", e.cause().expect("a cause"));
+        assert_eq!(
+            logged,
+            "editing a comment: reading a comment: connection refused"
+        );
+        let body = serde_json::to_value(Failure::from(&e)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"success": false, "error": "Internal error", "code": "INTERNAL"})
+        );
+    }
+
+    #[test]
+    fn a_refusal_has_no_cause() {
+        assert!(AppError::forbidden("no").cause().is_none());
     }
 }

@@ -9,13 +9,18 @@
 //! Prometheus client libraries and the dashboards made for the Node backend keep working.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::HashSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
 use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use metrics_process::Collector;
+use socketioxide::socket::Sid;
 
 use crate::{
     error::Code,
@@ -23,6 +28,75 @@ use crate::{
 };
 
 const METADATA: Metadata<'static> = Metadata::new("trestle", Level::INFO, None);
+
+/// A counter whose label takes the values of an enum. Every value is registered when the
+/// server starts, so dashboards and alerts see zeros rather than missing series, and a
+/// value the enum does not have cannot be counted: the enum is the one list.
+pub trait LabelValues: Copy + 'static {
+    /// The counter's name.
+    const COUNTER: &'static str;
+    /// The name of its label.
+    const LABEL: &'static str;
+    /// Every value.
+    const ALL: &'static [Self];
+    /// This value as exported.
+    fn label(self) -> &'static str;
+}
+
+/// Why a connection was refused before authentication: at the Socket.IO CONNECT
+/// (`connection`), or at the engine.io handshake below it (`http::admission`,
+/// `http::origin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `MAX_CONNECTIONS` reached.
+    Capacity,
+    /// `MAX_CONNECTIONS_PER_IP` reached.
+    PerIp,
+    /// A graceful stop has begun.
+    ShuttingDown,
+    /// The `Origin` is not in `CORS_ORIGINS`.
+    Origin,
+    /// Engine sessions: `MAX_CONNECTIONS` and its headroom reached.
+    HandshakeCapacity,
+    /// Engine sessions: `MAX_CONNECTIONS_PER_IP` and its headroom reached.
+    HandshakePerIp,
+    /// A handshake during a graceful stop.
+    HandshakeShuttingDown,
+}
+
+impl LabelValues for Refused {
+    const COUNTER: &'static str = "trestle_connections_refused_total";
+    const LABEL: &'static str = "reason";
+    const ALL: &'static [Self] = &[
+        Refused::Capacity,
+        Refused::PerIp,
+        Refused::ShuttingDown,
+        Refused::Origin,
+        Refused::HandshakeCapacity,
+        Refused::HandshakePerIp,
+        Refused::HandshakeShuttingDown,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Refused::Capacity => "capacity",
+            Refused::PerIp => "per_ip",
+            Refused::ShuttingDown => "shutting_down",
+            Refused::Origin => "origin",
+            Refused::HandshakeCapacity => "handshake_capacity",
+            Refused::HandshakePerIp => "handshake_per_ip",
+            Refused::HandshakeShuttingDown => "handshake_shutting_down",
+        }
+    }
+}
+
+impl LabelValues for Code {
+    const COUNTER: &'static str = "trestle_event_errors_total";
+    const LABEL: &'static str = "code";
+    const ALL: &'static [Self] = Code::ALL;
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 /// The server's metrics.
 pub struct Metrics {
@@ -116,46 +190,20 @@ impl Metrics {
                 )
             })
             .collect();
-        // Labelled counters are registered with every label value up front, so that
-        // dashboards and alerts see zeros rather than missing series.
-        let labelled: [(&'static str, &'static str, &[&'static str]); 5] = [
-            ("trestle_disconnects_total", "reason", &DISCONNECT_LABELS),
-            (
-                "trestle_connections_refused_total",
-                "reason",
-                &[
-                    "capacity",
-                    "per_ip",
-                    "shutting_down",
-                    "origin",
-                    // engine.io handshakes refused below the Socket.IO layer (http::admission)
-                    "handshake_capacity",
-                    "handshake_per_ip",
-                    "handshake_shutting_down",
-                ],
-            ),
-            (
-                "trestle_auth_failures_total",
-                "reason",
-                &["missing", "invalid", "expired"],
-            ),
-            ("trestle_event_errors_total", "code", Code::ALL_STR),
-            (
-                "trestle_presence_changes_total",
-                "status",
-                &["online", "away", "offline"],
-            ),
-        ];
-        for (name, label, values) in labelled {
-            for value in values {
-                let _ = counter(name, vec![Label::new(label, *value)]);
-            }
+        // Registered with every value up front, as [`LabelValues`] are (the disconnect
+        // reasons are the events table's); the labels of layers above this one (auth
+        // failures, presence) are registered by the state that holds these metrics.
+        for reason in DISCONNECT_LABELS {
+            let _ = counter(
+                "trestle_disconnects_total",
+                vec![Label::new("reason", reason)],
+            );
         }
         let _ = recorder.register_counter(
             &Key::from_static_name("trestle_rate_limit_disconnects_total"),
             &METADATA,
         );
-        Metrics {
+        let metrics = Metrics {
             handle: recorder.handle(),
             connected: recorder.register_gauge(
                 &Key::from_static_name("trestle_connected_sockets"),
@@ -174,10 +222,28 @@ impl Metrics {
             started: Instant::now(),
             process,
             recorder,
+        };
+        metrics.register::<Refused>();
+        metrics.register::<Code>();
+        metrics
+    }
+
+    /// Registers every value of `L`, so each is exported from the start (at zero).
+    pub fn register<L: LabelValues>(&self) {
+        for value in L::ALL {
+            let _ = self.recorder.register_counter(
+                &Key::from_parts(L::COUNTER, vec![Label::new(L::LABEL, value.label())]),
+                &METADATA,
+            );
         }
     }
 
-    fn count(&self, name: &'static str, label: &'static str, value: &'static str) {
+    /// Counts one `value` in its counter.
+    pub fn count<L: LabelValues>(&self, value: L) {
+        self.count_label(L::COUNTER, L::LABEL, value.label());
+    }
+
+    fn count_label(&self, name: &'static str, label: &'static str, value: &'static str) {
         self.recorder
             .register_counter(
                 &Key::from_parts(name, vec![Label::new(label, value)]),
@@ -193,17 +259,7 @@ impl Metrics {
 
     /// A connected socket went away, for `reason`.
     pub fn disconnected(&self, reason: &'static str) {
-        self.count("trestle_disconnects_total", "reason", reason);
-    }
-
-    /// A connection was refused before authentication (capacity, per-IP cap, shutdown).
-    pub fn refused(&self, reason: &'static str) {
-        self.count("trestle_connections_refused_total", "reason", reason);
-    }
-
-    /// A connection was refused by authentication.
-    pub fn auth_failure(&self, reason: &'static str) {
-        self.count("trestle_auth_failures_total", "reason", reason);
+        self.count_label("trestle_disconnects_total", "reason", reason);
     }
 
     /// A client event arrived (`None`: an event name the server does not handle).
@@ -213,11 +269,6 @@ impl Metrics {
             Some(e) => self.events[e as usize].increment(1),
             None => self.events_unknown.increment(1),
         }
-    }
-
-    /// A client event was answered with an error code.
-    pub fn event_error(&self, code: &'static str) {
-        self.count("trestle_event_errors_total", "code", code);
     }
 
     /// A client event was refused by the rate limit.
@@ -233,11 +284,6 @@ impl Metrics {
                 &METADATA,
             )
             .increment(1);
-    }
-
-    /// This instance announced a user's new `status`.
-    pub fn presence_change(&self, status: &'static str) {
-        self.count("trestle_presence_changes_total", "status", status);
     }
 
     /// `POST /api/emit` accepted a request.
@@ -269,5 +315,52 @@ impl Metrics {
         metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.handle.run_upkeep();
         self.handle.render()
+    }
+}
+
+/// The sockets of this instance that receive `metrics_update` (the handlers in
+/// `handlers::metrics` send it), and the event rate they are sent.
+#[derive(Debug, Default)]
+pub struct MetricsFeed {
+    subscribers: Mutex<HashSet<Sid>>,
+    /// Events per second over the last interval, as `f64` bits.
+    rate_bits: AtomicU64,
+}
+
+impl MetricsFeed {
+    /// The subscribed sockets.
+    pub fn subscribers(&self) -> Vec<Sid> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Events per second over the last interval.
+    pub fn last_rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
+    }
+
+    /// Records the rate of the interval that just ended.
+    pub fn set_rate(&self, rate: f64) {
+        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Starts sending to `sid`.
+    pub fn subscribe(&self, sid: Sid) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid);
+    }
+
+    /// Stops sending to `sid` (unsubscribe or disconnect).
+    pub fn unsubscribe(&self, sid: Sid) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sid);
     }
 }

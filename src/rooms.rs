@@ -1,12 +1,18 @@
-//! Room names: a typed enum with parse and format, the access rules, the auto-joins.
+//! Room names and ids: a typed enum with parse and format, and their decoding from
+//! payloads. Who may use a room is [`crate::access`]'s.
 //!
 //! A client never invents a room name: every name it sends is parsed into a [`Room`]
 //! (anything else is `INVALID_ROOM`) and every name the server uses is formatted from one.
 //! Socket-id rooms are not [`Room`]s, so no client can join another socket's room.
+//!
+//! Payload structs take `room: Room` and `taskId: Id` fields directly: their
+//! `Deserialize` fails with [`InvalidRoom`] or [`InvalidId`], which
+//! [`crate::handlers::Cx::payload`] answers as `INVALID_ROOM` or as `INVALID_PAYLOAD`
+//! naming the field.
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use crate::auth::User;
+use crate::error::{AppError, Code};
 
 /// A user, project, task or team id: 1 to 128 characters of `[A-Za-z0-9_.@-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +64,20 @@ impl serde::Serialize for Id {
     }
 }
 
+/// A payload value that is not an id (see [`Id::from_json`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid id")]
+pub struct InvalidId;
+
+/// As [`Id::from_json`]. Read as any JSON value first, so that a missing field is serde's
+/// own "missing field" error, as it was when ids were read as JSON values.
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let v = <serde_json::Value as serde::Deserialize>::deserialize(d)?;
+        Id::from_json(&v).ok_or_else(|| serde::de::Error::custom(InvalidId))
+    }
+}
+
 /// Every room a client may name (contract section 2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Room {
@@ -90,6 +110,13 @@ pub enum Room {
 #[error("invalid room name")]
 pub struct InvalidRoom;
 
+/// The contract's answer to a bad room name, wherever it is parsed.
+impl From<InvalidRoom> for AppError {
+    fn from(_: InvalidRoom) -> AppError {
+        AppError::new(Code::InvalidRoom, "Invalid room name")
+    }
+}
+
 impl FromStr for Room {
     type Err = InvalidRoom;
 
@@ -115,6 +142,15 @@ impl FromStr for Room {
     }
 }
 
+/// A string parsed as [`FromStr`]; anything but a string is serde's own type error, as it
+/// was when room names were read as strings.
+impl<'de> serde::Deserialize<'de> for Room {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Room, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Room {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -130,40 +166,6 @@ impl fmt::Display for Room {
             Room::Team(id) => write!(f, "team:{id}"),
             Room::TeamChat(id) => write!(f, "team:{id}:chat"),
         }
-    }
-}
-
-impl Room {
-    /// Whether the claims of `user` grant this room (the access hook, later, may grant more).
-    pub fn granted_by_claims(&self, user: &User) -> bool {
-        if user.admin {
-            return true;
-        }
-        match self {
-            Room::Notifications(id) | Room::Contacts(id) => !user.anonymous && *id == user.id,
-            Room::Presence(_) => !user.anonymous,
-            Room::Project(p) | Room::ProjectComments(p) | Room::ProjectActivity(p) => {
-                user.projects.contains(p)
-            }
-            Room::Task(t) | Room::TaskComments(t) | Room::TaskTime(t) => user.tasks.contains(t),
-            Room::Team(m) | Room::TeamChat(m) => user.teams.contains(m),
-        }
-    }
-
-    /// The rooms a user joins on connect: own notifications, contacts and presence, and
-    /// the project and team rooms of the claims. Anonymous users join none.
-    pub fn automatic(user: &User) -> Vec<Room> {
-        if user.anonymous {
-            return Vec::new();
-        }
-        let mut rooms = vec![
-            Room::Notifications(user.id.clone()),
-            Room::Contacts(user.id.clone()),
-            Room::Presence(user.id.clone()),
-        ];
-        rooms.extend(user.projects.iter().cloned().map(Room::Project));
-        rooms.extend(user.teams.iter().cloned().map(Room::Team));
-        rooms
     }
 }
 
@@ -228,6 +230,31 @@ mod tests {
         );
         assert!(Id::from_json(&serde_json::json!(1.5)).is_none());
         assert!(Id::from_json(&serde_json::json!(null)).is_none());
+    }
+
+    #[test]
+    fn payload_fields_decode_or_say_why() {
+        let room: Room = serde_json::from_value(serde_json::json!("task:7:time")).unwrap();
+        assert_eq!(room, Room::TaskTime(Id::parse("7").unwrap()));
+        let bad = serde_json::from_value::<Room>(serde_json::json!("task:7:nope")).unwrap_err();
+        assert_eq!(bad.to_string(), InvalidRoom.to_string());
+        let not_text = serde_json::from_value::<Room>(serde_json::json!(7)).unwrap_err();
+        assert_ne!(not_text.to_string(), InvalidRoom.to_string());
+        let id: Id = serde_json::from_value(serde_json::json!(42)).unwrap();
+        assert_eq!(id.as_str(), "42");
+        for v in [
+            serde_json::json!(null),
+            serde_json::json!("a b"),
+            serde_json::json!([1]),
+        ] {
+            let e = serde_json::from_value::<Id>(v).unwrap_err();
+            assert_eq!(e.to_string(), InvalidId.to_string());
+        }
+        assert_eq!(
+            AppError::from(InvalidRoom).code,
+            Code::InvalidRoom,
+            "one answer for a bad room name"
+        );
     }
 }
 

@@ -1,4 +1,7 @@
-//! The router, the Socket.IO layer, and the graceful stop.
+//! Wiring only: the router with the Socket.IO layer and the HTTP layers, the serve loop
+//! with the background loops (one `JoinSet`, stopped together), and the graceful stop.
+//! What is wired is defined below: the state in `app`, a socket's life in `connection`,
+//! the routes in `http`.
 //!
 //! [`serve`] runs a server on a listener until a shutdown future completes: tests call it
 //! with a port-0 listener and a channel; `main` with the real port and the signals.
@@ -6,10 +9,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -29,137 +29,30 @@ use tower_http::{
 };
 
 use crate::{
+    app::{App, AppState},
     auth::Verifier,
     cluster::{
-        self, RedisHealth,
+        self,
         presence::{self, Registry},
     },
-    config::Config,
-    connection,
-    handlers::metrics::MetricsFeed,
-    http,
-    limits::ConnectionLimits,
-    metrics::Metrics,
-    store::{Backend, Objects, Store},
+    config::{Config, Engine},
+    connection, handlers, http,
+    store::{Backend, Store},
 };
 
-/// State shared by every connection and HTTP request of one server.
-pub struct AppState {
-    /// The configuration the server started with.
-    pub config: Config,
-    /// Token verification with the pinned algorithms.
-    pub verifier: Verifier,
-    /// Room access: claims, then the access hook.
-    pub access: crate::access::Access,
-    /// Connection counts per instance and per address.
-    pub limits: Arc<ConnectionLimits>,
-    /// Prometheus counters.
-    pub metrics: Metrics,
-    /// Set once a graceful stop has begun: `/ready` answers 503, connects are refused.
-    pub shutting_down: AtomicBool,
-    /// The Redis connection `/ready` pings, when `REDIS_URL` is set.
-    pub redis: Option<RedisHealth>,
-    /// Durable data: SQLite or PostgreSQL.
-    pub store: Store,
-    /// Document bytes: a folder or an object store.
-    pub objects: Objects,
-    /// Who is online: in memory, or shared through Redis with `REDIS_URL`.
-    pub presence: Arc<Registry>,
-    /// Throttle of `typing_comment` relays per user and room.
-    pub typing: crate::handlers::typing::Throttle,
-    /// Bytes all document streams may have sent unacknowledged (`STREAM_BUDGET_BYTES`).
-    pub stream_budget: crate::handlers::documents::StreamBudget,
-    /// Event buckets per user, kept across reconnects (`RATE_LIMIT_PER_MINUTE`).
-    pub budgets: crate::limits::EventBudgets,
-    /// Offline deliveries under way, one per user, and whether the database is answering.
-    pub deliveries: crate::handlers::messages::Deliveries,
-    /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
-    /// both take the last place. (Offline delivery has a lock per user of its own,
-    /// [`AppState::deliveries`], since it waits on the database.)
-    locks: Box<[tokio::sync::Mutex<()>]>,
-}
-
-impl AppState {
-    /// Builds the state around an open store, refusing a configuration that cannot work.
-    pub fn new(config: Config, store: Store) -> anyhow::Result<Self> {
-        let verifier = Verifier::from_config(&config)?;
-        let objects = config.documents()?;
-        let access = crate::access::Access::from_config(&config)?;
-        Ok(AppState {
-            limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
-            verifier,
-            access,
-            metrics: Metrics::new(),
-            shutting_down: AtomicBool::new(false),
-            redis: None,
-            store,
-            objects,
-            presence: Arc::new(Registry::memory(Duration::from_millis(
-                config.presence_grace_ms,
-            ))),
-            typing: Default::default(),
-            stream_budget: crate::handlers::documents::StreamBudget::new(
-                config.stream_budget_bytes,
-            ),
-            budgets: crate::limits::EventBudgets::new(
-                config.rate_limit_per_minute,
-                config.rate_limit_disconnect_after,
-            ),
-            deliveries: Default::default(),
-            locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-            config,
-        })
-    }
-
-    /// The lock for `key` (a room name, for joins). Keys share 64 locks, so unrelated keys
-    /// may wait on each other briefly.
-    pub fn lock_for(&self, key: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
-        &self.locks[(h as usize) % self.locks.len()]
-    }
-
-    /// Whether a graceful stop has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-}
-
-/// What handlers and HTTP routes work with: the shared state and the Socket.IO handle.
-pub struct App<A: Adapter> {
-    /// The shared state.
-    pub state: Arc<AppState>,
-    /// Emits, room operations and socket lookups.
-    pub io: SocketIo<A>,
-    /// `metrics_update` subscribers.
-    pub metrics_feed: Arc<MetricsFeed>,
-}
-
-impl<A: Adapter> Clone for App<A> {
-    fn clone(&self) -> Self {
-        App {
-            state: self.state.clone(),
-            io: self.io.clone(),
-            metrics_feed: self.metrics_feed.clone(),
-        }
-    }
-}
-
-/// The router with the Socket.IO layer built from `builder` (which carries the adapter),
-/// and the [`App`] handlers work with. The `/` namespace is registered by the caller,
-/// since registering it with a cluster adapter is an async step that can fail.
-pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Router, App<A>) {
-    let cfg = &state.config;
-    let (layer, io) = builder
-        .ping_interval(cfg.ping_interval())
-        .ping_timeout(cfg.ping_timeout())
+/// Applies the engine and parser settings to a Socket.IO builder: the one place they are
+/// set, for Trestle and for the conformance fixtures alike.
+pub fn socketio_builder<A: Adapter>(builder: SocketIoBuilder<A>, e: &Engine) -> SocketIoBuilder<A> {
+    builder
+        .ping_interval(e.ping_interval)
+        .ping_timeout(e.ping_timeout)
         // A session that has not sent its CONNECT by then is closed (socket.io's default
         // is 45 s): it counts toward the engine session caps from its handshake
         // (http::admission), and a refused CONNECT leaves it to this deadline too.
-        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .max_payload(cfg.max_message_bytes)
-        .ws_max_message_size(cfg.max_message_bytes as usize)
-        .ws_max_frame_size(cfg.max_message_bytes as usize)
+        .connect_timeout(e.connect_timeout)
+        .max_payload(e.max_message_bytes)
+        .ws_max_message_size(e.max_message_bytes as usize)
+        .ws_max_frame_size(e.max_message_bytes as usize)
         // Every idle connection keeps this buffer; 1 KiB saves about 3 KB per socket and
         // larger messages still arrive whole (the buffer grows as needed).
         .ws_read_buffer_size(1024)
@@ -171,22 +64,24 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
         // each socket 500 `status_change`s at once), and the queue grows only when used,
         // so an idle socket costs nothing for a generous packet bound; the byte bound is
         // what caps the memory one stuck client can hold.
-        .max_buffer_size(cfg.max_buffer_packets)
-        .max_buffer_bytes((cfg.max_buffer_bytes > 0).then_some(cfg.max_buffer_bytes))
+        .max_buffer_size(e.max_buffer_packets)
+        .max_buffer_bytes(e.max_buffer_bytes)
         // Binary packets: how many attachments one may declare, how many bytes they hold
         // in all, and how long the server waits for the rest of them.
         .with_parser(
             ParserConfig::common()
-                .max_incoming_binaries(cfg.max_binary_attachments)
-                .max_incoming_binary_buf_size(cfg.max_message_bytes as usize)
+                .max_incoming_binaries(e.max_binary_attachments)
+                .max_incoming_binary_buf_size(e.max_message_bytes as usize)
                 .packet_completion_timeout(Duration::from_secs(10)),
         )
-        .build_layer();
-    let app = App {
-        state,
-        io,
-        metrics_feed: Arc::new(MetricsFeed::default()),
-    };
+}
+
+/// The router with the Socket.IO layer built from `builder` (which carries the adapter),
+/// and the [`App`] handlers work with. The `/` namespace is registered by the caller,
+/// since registering it with a cluster adapter is an async step that can fail.
+pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Router, App<A>) {
+    let (layer, io) = socketio_builder(builder, &state.config.engine()).build_layer();
+    let app = App::new(state, io);
     let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
     let router = http::routes(app.clone())
         .layer(layer)
@@ -252,7 +147,7 @@ pub async fn serve(
     mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let database_url = config.database_url();
+    let database_url = crate::store::database_url(&config);
     let backend = Backend::of_url(&database_url)?;
     if config.redis_url.is_some() && backend == Backend::Sqlite {
         anyhow::bail!(
@@ -260,13 +155,13 @@ pub async fn serve(
              instances would not share: set DATABASE_URL=postgres://…"
         );
     }
-    // Checked before connecting, so a bad configuration fails fast and leaves nothing behind.
-    Verifier::from_config(&config)?;
+    // Built before connecting, so a bad configuration fails fast and leaves nothing behind.
+    let verifier = Verifier::from_config(&config)?;
     let store = Store::connect(&database_url).await?;
     tracing::info!(database = backend.as_str(), "store ready");
     // Before the caps are built from it.
     http::admission::fit_to_descriptors(&mut config);
-    let mut state = AppState::new(config, store)?;
+    let mut state = AppState::new(config, verifier, store)?;
     tracing::info!(documents = state.objects.name(), "document storage ready");
     match state.config.redis_url.clone() {
         None => {
@@ -302,10 +197,12 @@ async fn serve_app<A: Adapter>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     log_startup(&app.state, listener.local_addr()?);
-    let ticker = tokio::spawn(crate::handlers::metrics::publish_every(app.clone()));
-    let purger = tokio::spawn(purge_expired_every(app.state.clone()));
-    let sweeper = tokio::spawn(crate::handlers::documents::sweep_every(app.state.clone()));
-    let housekeeper = tokio::spawn(crate::handlers::presence::run(app.clone()));
+    // The background loops, stopped together once the server has stopped.
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(handlers::metrics::publish_every(app.clone()));
+    loops.spawn(purge_expired_every(app.state.clone()));
+    loops.spawn(handlers::documents::sweep_every(app.state.clone()));
+    loops.spawn(handlers::presence::run(app.clone()));
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
         let app = app.clone();
@@ -343,10 +240,7 @@ async fn serve_app<A: Adapter>(
             }
         }
     };
-    ticker.abort();
-    purger.abort();
-    sweeper.abort();
-    housekeeper.abort();
+    loops.shutdown().await;
     // Users of this instance get the usual grace period to reconnect elsewhere.
     if let Err(e) = app.state.presence.release(presence::now_ms()).await {
         tracing::warn!(

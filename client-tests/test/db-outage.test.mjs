@@ -136,3 +136,39 @@ describe('database silent while 400 users reconnect', () => {
     for (const s of [bystander, sender, late, ...sockets]) s.close();
   });
 });
+
+// Issue 14 (one error path): a failure of the server reaches the client as INTERNAL and
+// nothing more, and is logged once, where the answer is sent, with every context it went
+// through (before, the log kept only the handler's outer context and the store's own one
+// was lost).
+describe('a database that fails a write', () => {
+  let server;
+  let proxy;
+  before(async () => {
+    const url = new URL(createDatabase());
+    proxy = await silentProxy({ host: url.hostname, port: Number(url.port) });
+    url.host = `127.0.0.1:${proxy.port}`;
+    server = await startServer({ DATABASE_URL: url.toString() });
+  });
+  after(async () => {
+    await server?.stop();
+    proxy?.close();
+  });
+
+  test('new_comment answers INTERNAL; one log line holds the whole chain of causes', async () => {
+    const project = uniq('p');
+    const author = await connectAs(server, { userId: uniq('author'), projects: [project] });
+    const room = `project:${project}:comments`;
+    assert.equal((await emitAck(author, 'join_room', room)).success, true);
+    proxy.cut();
+    const ack = await author.timeout(20_000).emitWithAck('new_comment', { room, content: 'lost?' });
+    proxy.restore();
+    assert.deepEqual(ack, { success: false, error: 'Internal error', code: 'INTERNAL' });
+    const lines = server.output.split('\n').filter((l) => l.includes('event failed'));
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.match(lines[0], /new_comment/);
+    // the handler's context, the store's, then the driver's own error
+    assert.match(lines[0], /storing a comment: cannot insert a comment: \S/);
+    author.close();
+  });
+});

@@ -25,7 +25,8 @@ test('Redis restart: 503 naming redis, local delivery of client events meanwhile
   cluster = await startCluster(2);
   const [A, B] = cluster.instances;
   const p = uniq('p');
-  const a1 = await connectAs(A, { userId: uniq('a'), projects: [p], permissions: ['room_broadcast'] });
+  const a1Id = uniq('a');
+  const a1 = await connectAs(A, { userId: a1Id, projects: [p], permissions: ['room_broadcast'] });
   const a2 = await connectAs(A, { userId: uniq('a'), projects: [p] });
   const b = await connectAs(B, { userId: uniq('b'), projects: [p] });
   const room = `project:${p}`;
@@ -47,6 +48,17 @@ test('Redis restart: 503 naming redis, local delivery of client events meanwhile
   assert.equal(await relayed, 2);
   // join_room still answers, counting this instance.
   assert.equal((await emitAck(a2, 'join_room', `presence:x`)).success, true);
+  // Joins and leaves are announced to the room's members on this instance (every room
+  // emit goes through the one cluster emit with its local fallback; an emit straight to
+  // the Redis adapter fails at its publish and reaches no one, as user_joined once did).
+  const watched = `presence:${uniq('w')}`;
+  assert.equal((await emitAck(a2, 'join_room', watched)).success, true);
+  const joined = waitFor(a2, 'user_joined', 3000, (ev) => ev.roomId === watched);
+  assert.deepEqual(await emitAck(a1, 'join_room', watched), { success: true, room: watched, size: 2 });
+  assert.deepEqual(await joined, { userId: a1Id, roomId: watched });
+  const left = waitFor(a2, 'user_left', 3000, (ev) => ev.roomId === watched);
+  assert.equal((await emitAck(a1, 'leave_room', watched)).success, true);
+  assert.deepEqual(await left, { userId: a1Id, roomId: watched });
 
   await cluster.redis.start();
   const back = Date.now();

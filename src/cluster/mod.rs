@@ -27,8 +27,6 @@ use serde::Serialize;
 use socketioxide::{BroadcastError, adapter::Adapter, operators::BroadcastOperators};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr, drivers::fred::FredDriver};
 
-use crate::server::AppState;
-
 pub mod link;
 pub mod presence;
 
@@ -205,16 +203,16 @@ fn redis_major_version(info: &str) -> Option<u32> {
 /// Whether cluster-wide operations are worth trying: no Redis configured (the local
 /// adapter is the whole cluster), or its connection is up and Redis is not marked down
 /// ([`Link`]). While it is down, trying would only wait for the command deadline.
-fn reachable(state: &AppState) -> bool {
-    state.redis.as_ref().is_none_or(|r| r.link.is_usable())
+fn reachable(redis: Option<&RedisHealth>) -> bool {
+    redis.is_none_or(|r| r.link.is_usable())
 }
 
 /// After an adapter call failed: when a Redis command failed under it (timed out, or the
 /// connection failed), Redis is marked down so that the next callers do not wait on it too
 /// (should Redis be fine after all, the probe finds it up again within 250 ms). Other
 /// failures (a broadcast that reached only some instances) say nothing about Redis.
-fn note_failure(state: &AppState, e: &socketioxide_core::adapter::errors::AdapterError) {
-    let Some(redis) = &state.redis else { return };
+fn note_failure(redis: Option<&RedisHealth>, e: &socketioxide_core::adapter::errors::AdapterError) {
+    let Some(redis) = redis else { return };
     if let Some(socketioxide_redis::Error::Driver(fe)) =
         e.0.downcast_ref::<socketioxide_redis::Error<FredDriver>>()
     {
@@ -242,18 +240,18 @@ pub enum NotEverywhere {
 /// event (slow consumers being disconnected) do not make it fail: a retry would not reach
 /// them either, and would repeat it for everyone else.
 pub async fn emit_everywhere<A: Adapter, T: Serialize + ?Sized>(
-    state: &AppState,
+    redis: Option<&RedisHealth>,
     op: impl Fn() -> BroadcastOperators<A>,
     event: &str,
     data: &T,
 ) -> Result<(), NotEverywhere> {
-    if !reachable(state) {
+    if !reachable(redis) {
         return Err(NotEverywhere::Cluster);
     }
     match op().emit(event, data).await {
         Ok(()) | Err(BroadcastError::Socket(_)) => Ok(()),
         Err(BroadcastError::Adapter(e)) => {
-            note_failure(state, &e);
+            note_failure(redis, &e);
             tracing::warn!(error = %e, event, "cluster emit failed; the publisher is told to retry");
             Err(NotEverywhere::Cluster)
         }
@@ -265,12 +263,12 @@ pub async fn emit_everywhere<A: Adapter, T: Serialize + ?Sized>(
 /// event still goes to this instance's sockets; the error is returned only when even that
 /// fails. `op` builds the operator, since a failed attempt consumes it.
 pub async fn emit<A: Adapter, T: Serialize + ?Sized>(
-    state: &AppState,
+    redis: Option<&RedisHealth>,
     op: impl Fn() -> BroadcastOperators<A>,
     event: &str,
     data: &T,
 ) -> Result<(), BroadcastError> {
-    if !reachable(state) {
+    if !reachable(redis) {
         return op().local().emit(event, data).await;
     }
     match op().emit(event, data).await {
@@ -286,7 +284,7 @@ pub async fn emit<A: Adapter, T: Serialize + ?Sized>(
         Err(e @ BroadcastError::Socket(_)) => Err(e),
         Err(e) => {
             if let BroadcastError::Adapter(a) = &e {
-                note_failure(state, a);
+                note_failure(redis, a);
             }
             tracing::warn!(error = %e, event, "cluster emit failed; delivering on this instance only");
             op().local().emit(event, data).await
@@ -309,15 +307,18 @@ pub fn reached_only_some(e: &BroadcastError) -> bool {
 
 /// Sockets matched by `op` on every instance, or on this instance when the cluster cannot
 /// be reached (a room cap then holds per instance until Redis is back).
-pub async fn count<A: Adapter>(state: &AppState, op: impl Fn() -> BroadcastOperators<A>) -> usize {
-    if !reachable(state) {
+pub async fn count<A: Adapter>(
+    redis: Option<&RedisHealth>,
+    op: impl Fn() -> BroadcastOperators<A>,
+) -> usize {
+    if !reachable(redis) {
         return op().local().sockets().len();
     }
     match op().fetch_sockets().await {
         Ok(sockets) => sockets.len(),
         Err(e) => {
             let e: socketioxide_core::adapter::errors::AdapterError = e.into();
-            note_failure(state, &e);
+            note_failure(redis, &e);
             tracing::warn!(error = %e, "cluster count failed; counting this instance only");
             op().local().sockets().len()
         }

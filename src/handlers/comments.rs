@@ -1,5 +1,6 @@
 //! `new_comment`, `edit_comment`, `delete_comment`, `list_comments` (contract section 5).
 
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use socketioxide::adapter::Adapter;
@@ -7,7 +8,6 @@ use socketioxide_core::Value;
 
 use super::{Cx, clean_text, id_field, messages, typing};
 use crate::{
-    cluster,
     error::{AppError, Code},
     rooms::{Id, Room},
     store::{Comment, NewComment, epoch_ms, from_epoch_ms},
@@ -43,18 +43,24 @@ pub fn comment_json(c: &Comment) -> Json {
 }
 
 /// A `…:comments` room the user may access; anything else is refused.
-async fn comments_room<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Result<Room, AppError> {
-    let room: Room = name
-        .parse()
-        .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))?;
+async fn comments_room<A: Adapter>(cx: &Cx<'_, A>, room: &Room) -> Result<(), AppError> {
     if !matches!(room, Room::ProjectComments(_) | Room::TaskComments(_)) {
         return Err(AppError::new(
             Code::InvalidRoom,
             "Comments go to a project:{p}:comments or task:{t}:comments room",
         ));
     }
-    cx.require_room(&room).await?;
-    Ok(room)
+    cx.require_room(room).await
+}
+
+/// The room a stored comment belongs to. It was stored from a [`Room`], so it parses;
+/// were the row altered by hand, the comment's event is not sent.
+fn stored_room(c: &Comment) -> Option<Room> {
+    let room = c.room.parse().ok();
+    if room.is_none() {
+        tracing::warn!(comment = %c.id, "a stored comment's room is not a room name");
+    }
+    room
 }
 
 /// Mentioned user ids: deduplicated, the author removed, at most [`MAX_MENTIONS`].
@@ -81,7 +87,7 @@ fn mention_ids(mentions: Option<&Json>, author: &Id) -> Result<Vec<Id>, AppError
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NewCommentPayload {
-    room: String,
+    room: Room,
     content: String,
     #[serde(default)]
     mentions: Option<Json>,
@@ -93,7 +99,9 @@ struct NewCommentPayload {
 /// mentioned users get `mention`, live or on their next connect.
 pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let p: NewCommentPayload = cx.payload(value)?;
-    let room = comments_room(cx, &p.room).await?;
+    let room = p.room;
+    comments_room(cx, &room).await?;
+    let name = room.to_string();
     let user = &cx.conn.user;
     let content = clean_text("content", &p.content)?;
     let mentions = mention_ids(p.mentions.as_ref(), &user.id)?;
@@ -104,8 +112,8 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
             let parent = store
                 .get_comment(id.as_str())
                 .await
-                .map_err(|e| AppError::internal("reading a parent comment", e))?;
-            if parent.is_none_or(|c| c.room != p.room) {
+                .context("reading a parent comment")?;
+            if parent.is_none_or(|c| c.room != name) {
                 return Err(AppError::new(Code::NotFound, "Parent comment not found"));
             }
             Some(id)
@@ -119,7 +127,7 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
     let mention_strings: Vec<String> = mentions.iter().map(|m| m.to_string()).collect();
     let comment = store
         .insert_comment(&NewComment {
-            room: &p.room,
+            room: &name,
             author_id: user.id.as_str(),
             author_name: &user.name,
             content: &content,
@@ -128,12 +136,11 @@ pub async fn new_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
             created_at: epoch_ms(time::OffsetDateTime::now_utc()),
         })
         .await
-        .map_err(|e| AppError::internal("storing a comment", e))?;
+        .context("storing a comment")?;
     let body = comment_json(&comment);
     typing::stop(cx, &room).await;
-    let to_room = || cx.socket.to(p.room.clone());
-    if let Err(e) = cluster::emit(&cx.app.state, to_room, "new_comment", &body).await {
-        tracing::warn!(room = %p.room, error = %e, "could not relay a new comment");
+    if let Err(e) = cx.to(&room).emit("new_comment", &body).await {
+        tracing::warn!(room = %name, error = %e, "could not relay a new comment");
     }
     if !mentions.is_empty() {
         let excerpt: String = content.chars().take(EXCERPT).collect();
@@ -157,13 +164,13 @@ async fn find_comment<A: Adapter>(cx: &Cx<'_, A>, id: &Id) -> Result<Comment, Ap
         .store
         .get_comment(id.as_str())
         .await
-        .map_err(|e| AppError::internal("reading a comment", e))?
+        .context("reading a comment")?
         .ok_or_else(|| AppError::new(Code::NotFound, "Comment not found"))
 }
 
 #[derive(Deserialize)]
 struct EditPayload {
-    id: Json,
+    id: Id,
     content: String,
 }
 
@@ -171,7 +178,7 @@ struct EditPayload {
 /// gets `comment_updated`. Mentions are not sent again.
 pub async fn edit_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let p: EditPayload = cx.payload(value)?;
-    let id = id_field("id", &p.id)?;
+    let id = p.id;
     let store = &cx.app.state.store;
     let existing = find_comment(cx, &id).await?;
     if existing.author_id != cx.conn.user.id.as_str() {
@@ -182,11 +189,12 @@ pub async fn edit_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resu
     let updated = store
         .update_comment(id.as_str(), &content, now)
         .await
-        .map_err(|e| AppError::internal("updating a comment", e))?
+        .context("updating a comment")?
         .ok_or_else(|| AppError::new(Code::NotFound, "Comment not found"))?;
     let body = comment_json(&updated);
-    let to_room = || cx.app.io.to(updated.room.clone());
-    if let Err(e) = cluster::emit(&cx.app.state, to_room, "comment_updated", &body).await {
+    if let Some(room) = stored_room(&updated)
+        && let Err(e) = cx.within(&room).emit("comment_updated", &body).await
+    {
         tracing::warn!(room = %updated.room, error = %e, "could not relay a comment edit");
     }
     Ok(json!({ "comment": body }))
@@ -194,7 +202,7 @@ pub async fn edit_comment<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resu
 
 #[derive(Deserialize)]
 struct DeletePayload {
-    id: Json,
+    id: Id,
 }
 
 /// `delete_comment`: the author or `admin`; the room gets `comment_deleted`.
@@ -203,7 +211,7 @@ pub async fn delete_comment<A: Adapter>(
     value: &mut Value,
 ) -> Result<Json, AppError> {
     let p: DeletePayload = cx.payload(value)?;
-    let id = id_field("id", &p.id)?;
+    let id = p.id;
     let user = &cx.conn.user;
     let store = &cx.app.state.store;
     let existing = find_comment(cx, &id).await?;
@@ -215,7 +223,7 @@ pub async fn delete_comment<A: Adapter>(
     if !store
         .delete_comment(id.as_str())
         .await
-        .map_err(|e| AppError::internal("deleting a comment", e))?
+        .context("deleting a comment")?
     {
         return Err(AppError::new(Code::NotFound, "Comment not found"));
     }
@@ -225,8 +233,9 @@ pub async fn delete_comment<A: Adapter>(
         "deletedBy": user.id,
         "timestamp": iso_now(),
     });
-    let to_room = || cx.app.io.to(existing.room.clone());
-    if let Err(e) = cluster::emit(&cx.app.state, to_room, "comment_deleted", &notice).await {
+    if let Some(room) = stored_room(&existing)
+        && let Err(e) = cx.within(&room).emit("comment_deleted", &notice).await
+    {
         tracing::warn!(room = %existing.room, error = %e, "could not relay a comment deletion");
     }
     Ok(json!({ "id": existing.id }))
@@ -234,7 +243,7 @@ pub async fn delete_comment<A: Adapter>(
 
 #[derive(Deserialize)]
 struct ListPayload {
-    room: String,
+    room: Room,
     #[serde(default)]
     before: Option<Json>,
     #[serde(default)]
@@ -263,9 +272,9 @@ pub async fn list_comments<A: Adapter>(
         .app
         .state
         .store
-        .list_comments(&p.room, before.as_ref().map(Id::as_str), limit)
+        .list_comments(&p.room.to_string(), before.as_ref().map(Id::as_str), limit)
         .await
-        .map_err(|e| AppError::internal("listing comments", e))?;
+        .context("listing comments")?;
     let (comments, has_more) = page.ok_or_else(|| {
         AppError::new(Code::NotFound, "The comment named by before was not found")
     })?;

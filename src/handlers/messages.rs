@@ -13,29 +13,24 @@
 //! message (or a comment with mentions) is `RATE_LIMITED`.
 //!
 //! Delivery waits on the database, so it holds nothing shared with unrelated work: a lock
-//! per user ([`Deliveries`]), and while the database does not answer, deliveries stop
-//! trying for a few seconds and try again later instead of each connecting socket waiting
-//! in turn.
+//! per user ([`crate::app::Deliveries`]), and while the database does not answer,
+//! deliveries stop trying for a few seconds and try again later instead of each
+//! connecting socket waiting in turn.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use anyhow::Context;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, socket::Socket};
 use socketioxide_core::Value;
 
-use super::{Cx, clean_text, id_field};
+use super::{Cx, ToRooms, clean_text, id_field};
 use crate::{
-    cluster,
-    connection::Conn,
+    app::App,
     error::{AppError, Code},
     rooms::{Id, Room},
-    server::App,
+    session::Conn,
     store::{NewOffline, OFFLINE_CAP, epoch_ms, new_id},
     time::iso_now,
 };
@@ -44,73 +39,8 @@ use crate::{
 const DELIVERY_BATCH: u32 = 100;
 /// How long offline delivery waits for one database call before giving up for now.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// After a delivery found the database not answering, deliveries do not try it for this
-/// long (each would wait [`DELIVERY_TIMEOUT`] for nothing).
-const DATABASE_REST: Duration = Duration::from_secs(5);
 /// How long queueing a message waits for the database before answering `INTERNAL`.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Offline deliveries of this instance: one at a time per user, and whether the database
-/// is worth trying.
-#[derive(Default)]
-pub struct Deliveries {
-    /// A lock per user with a delivery under way or waiting; removed with the last holder.
-    users: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Until when deliveries leave the database alone.
-    resting_until: Mutex<Option<Instant>>,
-}
-
-/// A user's delivery lock, held; dropping it removes the lock once no one waits for it.
-struct UserTurn<'a> {
-    deliveries: &'a Deliveries,
-    user: &'a str,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Deliveries {
-    /// Waits for `user`'s turn: a second socket of the user connecting at the same moment
-    /// waits for the first's delivery, then finds the queue handed over. Other users never
-    /// wait.
-    async fn turn<'a>(&'a self, user: &'a str) -> UserTurn<'a> {
-        let lock = {
-            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            users.entry(user.to_owned()).or_default().clone()
-        };
-        UserTurn {
-            deliveries: self,
-            user,
-            guard: Some(lock.lock_owned().await),
-        }
-    }
-
-    fn resting(&self) -> bool {
-        let until = self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
-        until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn answered(&self, ok: bool) {
-        *self.resting_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            (!ok).then(|| Instant::now() + DATABASE_REST);
-    }
-}
-
-impl Drop for UserTurn<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut users = self
-            .deliveries
-            .users
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Only the map holds it: no one waits, and no one can clone it but under this lock.
-        if users
-            .get(self.user)
-            .is_some_and(|l| Arc::strong_count(l) == 1)
-        {
-            users.remove(self.user);
-        }
-    }
-}
 
 /// Whether [`deliver`] checks the sender's quota itself (direct messages), or the caller
 /// checked it before doing anything it could not take back (a comment, with
@@ -165,7 +95,7 @@ pub async fn deliver<A: Adapter>(
         };
         within(QUEUE_TIMEOUT, state.store.offline_queue(&message))
             .await
-            .map_err(|e| AppError::internal("queueing a message for an offline user", e))?;
+            .context("queueing a message for an offline user")?;
     }
     // One emit to every online user's room: one publish, however many users.
     let rooms: Vec<String> = users
@@ -175,7 +105,7 @@ pub async fn deliver<A: Adapter>(
         .map(|(u, _)| Room::Notifications(u.clone()).to_string())
         .collect();
     if !rooms.is_empty()
-        && let Err(e) = cluster::emit(state, || app.io.to(rooms.clone()), event, payload).await
+        && let Err(e) = ToRooms::from_server(app, rooms).emit(event, payload).await
     {
         tracing::warn!(error = %e, event, "could not deliver to online users");
     }
@@ -232,7 +162,7 @@ pub async fn check_quota<A: Adapter>(
         app.state.store.offline_usage(sender.as_str(), now),
     )
     .await
-    .map_err(|e| AppError::internal("reading the offline queue's usage", e))?;
+    .context("reading the offline queue's usage")?;
     let count = count as u64;
     if cfg.offline_quota_per_sender > 0
         && usage.sender_queued.max(0) as u64 + count > cfg.offline_quota_per_sender
@@ -321,7 +251,7 @@ pub async fn direct_message<A: Adapter>(
     }
     let to = id_field("to", &p.to)?;
     let message = clean_text("message", &p.message)?;
-    let id = new_id().map_err(|e| AppError::internal("making a message id", e))?;
+    let id = new_id().context("making a message id")?;
     let payload = json!({
         "id": id,
         "from": { "id": user.id, "name": &*user.name },

@@ -1,57 +1,14 @@
 //! `subscribe_metrics` / `unsubscribe_metrics`, and the `metrics_update` feed.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Value as Json, json};
-use socketioxide::{adapter::Adapter, socket::Sid};
+use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 
 use super::Cx;
-use crate::{error::AppError, rooms::Room, server::App, time::iso_now};
-
-/// The sockets of this instance that receive `metrics_update`.
-#[derive(Debug, Default)]
-pub struct MetricsFeed {
-    subscribers: Mutex<HashSet<Sid>>,
-    /// Events per second over the last interval, as `f64` bits.
-    rate_bits: AtomicU64,
-}
-
-impl MetricsFeed {
-    fn subscribers(&self) -> Vec<Sid> {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect()
-    }
-
-    /// Events per second over the last interval.
-    fn last_rate(&self) -> f64 {
-        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
-    }
-
-    fn set_rate(&self, rate: f64) {
-        self.rate_bits.store(rate.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Stops sending to `sid` (unsubscribe or disconnect).
-    pub fn unsubscribe(&self, sid: Sid) {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sid);
-    }
-}
+use crate::{app::App, error::AppError, rooms::Room, time::iso_now};
 
 /// The `metrics_update` payload.
 #[derive(Debug, Serialize)]
@@ -95,12 +52,7 @@ pub async fn subscribe_metrics<A: Adapter>(
     }
     let rate = cx.app.metrics_feed.last_rate();
     let snap = snapshot(cx.app, rate).await;
-    cx.app
-        .metrics_feed
-        .subscribers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(cx.socket.id);
+    cx.app.metrics_feed.subscribe(cx.socket.id);
     if let Err(e) = cx.socket.emit("metrics_update", &snap) {
         tracing::debug!(sid = %cx.socket.id, error = %e, "could not send metrics_update");
     }

@@ -7,12 +7,15 @@
 
 pub mod comments;
 pub mod documents;
+mod emit;
 pub mod messages;
 pub mod metrics;
 pub mod presence;
 pub mod rooms;
 pub mod tasks;
 pub mod typing;
+
+pub use emit::ToRooms;
 
 use std::sync::Arc;
 
@@ -26,7 +29,7 @@ use socketioxide::{
 };
 use socketioxide_core::Value;
 
-use crate::{connection::Conn, error::AppError, events::ClientEvent, server::App};
+use crate::{app::App, error::AppError, events::ClientEvent, session::Conn};
 
 /// Event names Socket.IO reserves for itself: neither clients nor the publish API may
 /// send them.
@@ -67,10 +70,30 @@ pub const SERVER_EVENTS: &[&str] = &[
 ];
 
 /// An id (user, project, task, comment) from a payload field: a string or an integer of
-/// the id alphabet, else `INVALID_PAYLOAD` naming the field.
+/// the id alphabet, else `INVALID_PAYLOAD` naming the field. Typed payloads take
+/// [`crate::rooms::Id`] fields instead, with the same answer (see [`Cx::payload`]).
 pub fn id_field(field: &str, v: &Json) -> Result<crate::rooms::Id, AppError> {
-    crate::rooms::Id::from_json(v)
-        .ok_or_else(|| AppError::invalid(format!("{field} is missing or invalid")))
+    crate::rooms::Id::from_json(v).ok_or_else(|| invalid_id(field))
+}
+
+/// The answer to a payload field that is not an id.
+pub fn invalid_id(field: &str) -> AppError {
+    AppError::invalid(format!("{field} is missing or invalid"))
+}
+
+/// The answer to a payload that does not decode: `INVALID_PAYLOAD` naming the field, but
+/// the contract's answers for [`crate::rooms::Room`] and [`crate::rooms::Id`] fields,
+/// whose errors come back as serde's custom messages.
+fn payload_error(e: serde_path_to_error::Error<serde_json::Error>) -> AppError {
+    let path = e.path().to_string();
+    let why = e.into_inner().to_string();
+    if why == crate::rooms::InvalidRoom.to_string() {
+        crate::rooms::InvalidRoom.into()
+    } else if why == crate::rooms::InvalidId.to_string() {
+        invalid_id(&path)
+    } else {
+        AppError::invalid(format!("{path}: {why}"))
+    }
 }
 
 /// Longest user text (comments, direct messages), in code points after trimming.
@@ -133,16 +156,15 @@ pub struct Cx<'a, A: Adapter> {
 
 impl<A: Adapter> Cx<'_, A> {
     /// The first argument of the event as a typed payload; a wrong shape is
-    /// `INVALID_PAYLOAD` naming the field.
+    /// `INVALID_PAYLOAD` naming the field. A [`crate::rooms::Room`] field that is not a
+    /// room name is `INVALID_ROOM`, an [`crate::rooms::Id`] field that is not an id is
+    /// [`invalid_id`]: the answers of the names and ids parsed by hand.
     pub fn payload<T: DeserializeOwned>(&self, value: &mut Value) -> Result<T, AppError> {
         let json: Json = self.first(value)?;
         if !json.is_object() {
             return Err(AppError::invalid("The payload must be an object"));
         }
-        serde_path_to_error::deserialize(json).map_err(|e| {
-            let path = e.path().to_string();
-            AppError::invalid(format!("{path}: {}", e.into_inner()))
-        })
+        serde_path_to_error::deserialize(json).map_err(payload_error)
     }
 
     /// The first argument as a payload that may hold binary attachments, decoded
@@ -156,18 +178,9 @@ impl<A: Adapter> Cx<'_, A> {
         }
     }
 
-    /// Whether the user may use `room`: the claims, then the access hook.
-    pub async fn may_use(&self, room: &crate::rooms::Room) -> bool {
-        self.app.state.access.allows(&self.conn.user, room).await
-    }
-
-    /// `FORBIDDEN` unless the user may use `room`.
+    /// `FORBIDDEN` unless the user may use `room`: [`crate::access::Access::require`].
     pub async fn require_room(&self, room: &crate::rooms::Room) -> Result<(), AppError> {
-        if self.may_use(room).await {
-            Ok(())
-        } else {
-            Err(AppError::forbidden("Not allowed in this room"))
-        }
+        self.app.state.access.require(&self.conn.user, room).await
     }
 
     /// The socket itself.
@@ -292,4 +305,68 @@ pub async fn handle<A: Adapter>(
         raw: socket,
     };
     dispatch(&cx, event, value).await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        error::Code,
+        rooms::{Id, Room},
+    };
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Sample {
+        room: Room,
+        task_id: Id,
+        #[serde(default)]
+        project_id: Option<Id>,
+    }
+
+    fn answer(v: Json) -> AppError {
+        serde_path_to_error::deserialize::<_, Sample>(v)
+            .map_err(payload_error)
+            .unwrap_err()
+    }
+
+    /// What the handlers answered when they parsed these fields by hand.
+    #[test]
+    fn typed_fields_answer_as_before() {
+        let bad_room = answer(json!({ "room": "project:1:nope", "taskId": 1 }));
+        assert_eq!(
+            (bad_room.code, bad_room.message.as_str()),
+            (Code::InvalidRoom, "Invalid room name")
+        );
+        let not_text = answer(json!({ "room": 5, "taskId": 1 }));
+        assert_eq!(not_text.code, Code::InvalidPayload);
+        assert!(
+            not_text.message.starts_with("room: invalid type"),
+            "{}",
+            not_text.message
+        );
+        let bad_id = answer(json!({ "room": "task:1", "taskId": "a b" }));
+        assert_eq!(
+            (bad_id.code, bad_id.message.as_str()),
+            (Code::InvalidPayload, "taskId is missing or invalid")
+        );
+        let bad_option = answer(json!({ "room": "task:1", "taskId": 1, "projectId": 1.5 }));
+        assert_eq!(bad_option.message, "projectId is missing or invalid");
+        let missing = answer(json!({ "room": "task:1" }));
+        assert_eq!(missing.code, Code::InvalidPayload);
+        assert!(
+            missing.message.contains("missing field `taskId`"),
+            "{}",
+            missing.message
+        );
+        let ok: Sample =
+            serde_json::from_value(json!({ "room": "task:1", "taskId": 7, "projectId": null }))
+                .unwrap();
+        assert_eq!(ok.room, Room::Task(Id::parse("1").unwrap()));
+        assert_eq!(ok.task_id.as_str(), "7");
+        assert!(ok.project_id.is_none());
+    }
 }

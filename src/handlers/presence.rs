@@ -6,6 +6,7 @@
 //! atomically; whoever it tells "this changed" (the connecting instance, the `set_status`
 //! handler, the one tick that claimed a user) sends the one `status_change`.
 
+use anyhow::Context;
 use std::{
     sync::{
         Arc,
@@ -16,19 +17,21 @@ use std::{
 
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use socketioxide::{adapter::Adapter, socket::Sid};
+use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 
-use super::{Cx, id_field};
+use super::{Cx, ToRooms, id_field};
 use crate::{
+    access,
+    app::App,
     auth::User,
     cluster::{
         self,
-        presence::{Registry, Status, now_ms},
+        presence::{Status, now_ms},
     },
-    error::{AppError, Code},
+    error::AppError,
     rooms::{Id, Room},
-    server::App,
+    session::Lease,
     store::from_epoch_ms,
     time::{iso, iso_now},
 };
@@ -70,85 +73,12 @@ async fn announce<A: Adapter>(
         "status": status.as_str(),
         "lastSeen": iso(from_epoch_ms(last_seen)),
     });
-    app.state.metrics.presence_change(status.as_str());
-    if let Err(e) = cluster::emit(
-        &app.state,
-        || app.io.to(rooms.clone()),
-        "status_change",
-        &body,
-    )
-    .await
+    app.state.metrics.count(status);
+    if let Err(e) = ToRooms::from_server(app, rooms)
+        .emit("status_change", &body)
+        .await
     {
         tracing::warn!(user, error = %e, "could not announce a status change");
-    }
-}
-
-/// Logs a presence registry failure: at debug while Redis is marked down (said once, by
-/// the link, not once per socket during an outage), else at warn.
-fn registry_failed(user: &str, what: &str, e: &anyhow::Error) {
-    if cluster::link::refused(e) {
-        tracing::debug!(user, what, "presence registry skipped: Redis is down");
-    } else {
-        tracing::warn!(
-            user,
-            what,
-            error = format!("{e:#}"),
-            "presence registry call failed"
-        );
-    }
-}
-
-/// A socket's registration in the presence registry. Dropping a lease that was not
-/// released unregisters the socket: the fallback for a socket that never gets its
-/// disconnect handler (one that goes away before its CONNECT ack is sent).
-pub struct Lease {
-    registry: Arc<Registry>,
-    user: Id,
-    sid: Sid,
-    held: AtomicBool,
-}
-
-impl Lease {
-    /// A lease for `user`'s socket `sid`, not yet registered.
-    pub fn new(registry: Arc<Registry>, user: Id, sid: Sid) -> Lease {
-        Lease {
-            registry,
-            user,
-            sid,
-            held: AtomicBool::new(false),
-        }
-    }
-
-    /// Unregisters the socket (once, however often it is called).
-    async fn release(&self) {
-        if self.held.swap(false, Ordering::AcqRel)
-            && let Err(e) = self
-                .registry
-                .disconnect(self.user.as_str(), &self.sid.to_string(), now_ms())
-                .await
-        {
-            // The next resync removes it once Redis answers again.
-            registry_failed(self.user.as_str(), "unregister a socket", &e);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if !*self.held.get_mut() {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (registry, user, sid) = (self.registry.clone(), self.user.clone(), self.sid);
-            rt.spawn(async move {
-                if let Err(e) = registry
-                    .disconnect(user.as_str(), &sid.to_string(), now_ms())
-                    .await
-                {
-                    registry_failed(user.as_str(), "unregister a socket", &e);
-                }
-            });
-        }
     }
 }
 
@@ -159,17 +89,17 @@ impl Drop for Lease {
 /// and announces the user then if their coming online was never announced.
 pub async fn connected<A: Adapter>(app: &App<A>, user: &User, lease: &Lease) {
     let targets = targets(user);
-    lease.held.store(true, Ordering::Release);
+    lease.hold();
     let now = now_ms();
     match app
         .state
         .presence
-        .connect(user.id.as_str(), &lease.sid.to_string(), &targets, now)
+        .connect(user.id.as_str(), &lease.sid().to_string(), &targets, now)
         .await
     {
         Ok(Some((status, at))) => announce(app, user.id.as_str(), status, at, &targets).await,
         Ok(None) => {}
-        Err(e) => registry_failed(user.id.as_str(), "register a socket", &e),
+        Err(e) => cluster::presence::log_failure(user.id.as_str(), "register a socket", &e),
     }
 }
 
@@ -203,7 +133,7 @@ pub async fn set_status<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result
         .presence
         .set_status(user.id.as_str(), status, now)
         .await
-        .map_err(|e| AppError::internal("setting a status", format!("{e:#}")))?;
+        .context("setting a status")?;
     if changed {
         announce(cx.app, user.id.as_str(), status, now, &targets(user)).await;
     }
@@ -231,9 +161,7 @@ pub async fn user_active<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
             "activity is longer than {MAX_ACTIVITY} characters"
         )));
     }
-    let room: Room = location
-        .parse()
-        .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))?;
+    let room: Room = location.parse()?;
     let user = &cx.conn.user;
     cx.require_room(&room).await?;
     let location = room.to_string();
@@ -252,14 +180,10 @@ pub async fn user_active<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
         "activity": activity,
         "timestamp": iso_now(),
     });
-    cluster::emit(
-        state,
-        || cx.app.io.to(location.clone()),
-        "user_active",
-        &body,
-    )
-    .await
-    .map_err(|e| AppError::internal("relaying user_active", e))?;
+    cx.within(&room)
+        .emit("user_active", &body)
+        .await
+        .context("relaying user_active")?;
     Ok(json!({}))
 }
 
@@ -295,7 +219,7 @@ pub async fn get_presence<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resu
         .presence
         .get(&users)
         .await
-        .map_err(|e| AppError::internal("reading presence", format!("{e:#}")))?;
+        .context("reading presence")?;
     let asker = &cx.conn.user;
     let mut out = Map::with_capacity(users.len());
     for (id, s) in users.into_iter().zip(seen) {
@@ -309,7 +233,7 @@ pub async fn get_presence<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resu
         if let Some(loc) = s.location
             && loc
                 .parse::<Room>()
-                .is_ok_and(|r| r.granted_by_claims(asker))
+                .is_ok_and(|r| access::granted_by_claims(asker, &r))
         {
             entry.insert("location".into(), loc.into());
         }
@@ -326,11 +250,13 @@ pub async fn run<A: Adapter>(app: App<A>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let needs_resync = Arc::new(AtomicBool::new(false));
+    // Watchers of Redis's return; aborted with this task when the server stops.
+    let mut watchers = tokio::task::JoinSet::new();
     // Redis answering again after it was down (hung, or unreachable): it may have lost
     // this instance's sockets, or missed their disconnects.
     if let Some(mut recoveries) = registry.recoveries() {
         let flag = needs_resync.clone();
-        tokio::spawn(async move {
+        watchers.spawn(async move {
             while recoveries.changed().await.is_ok() {
                 flag.store(true, Ordering::Release);
             }
@@ -339,7 +265,7 @@ pub async fn run<A: Adapter>(app: App<A>) {
     if let Some(client) = registry.redis_client() {
         let mut reconnects = cluster::presence::reconnects(client);
         let flag = needs_resync.clone();
-        tokio::spawn(async move {
+        watchers.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             while !matches!(reconnects.recv().await, Err(RecvError::Closed)) {
                 flag.store(true, Ordering::Release);

@@ -1,18 +1,19 @@
 //! `join_room`, `leave_room`, `broadcast_room`.
 
+use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 use socketioxide_core::Value;
 
-use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED};
+use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED, ToRooms};
 use crate::{
+    app::AppState,
     auth::User,
     cluster,
-    connection::conn_of,
     error::{AppError, Code},
     rooms::Room,
-    server::AppState,
+    session::conn_of,
 };
 
 /// Names that are not Socket.IO's reserved ones nor server events, but that clients
@@ -37,12 +38,7 @@ fn room_arg(payload: &Json) -> Result<Room, AppError> {
         },
         _ => return Err(AppError::invalid("A room name or { room } is required")),
     };
-    parse_room(name)
-}
-
-fn parse_room(name: &str) -> Result<Room, AppError> {
-    name.parse()
-        .map_err(|_| AppError::new(Code::InvalidRoom, "Invalid room name"))
+    Ok(name.parse()?)
 }
 
 fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
@@ -51,7 +47,10 @@ fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
 
 /// Sockets in `room` on every instance.
 async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
-    cluster::count(&cx.app.state, || cx.app.io.within(name.to_owned())).await
+    cluster::count(cx.app.state.redis.as_ref(), || {
+        cx.app.io.within(name.to_owned())
+    })
+    .await
 }
 
 /// Sockets in `room` on this instance.
@@ -63,9 +62,7 @@ fn local_sockets<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Vec<SocketRef<A>> {
 pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let room = room_arg(&cx.first::<Json>(value)?)?;
     let user = &cx.conn.user;
-    if !cx.may_use(&room).await {
-        return Err(AppError::forbidden("Not allowed in this room"));
-    }
+    cx.require_room(&room).await?;
     let name = room.to_string();
     let cfg = &cx.app.state.config;
     if is_in(&cx.socket, &name) {
@@ -113,20 +110,12 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
         .joined
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(room);
+        .push(room.clone());
     let notice = Membership {
         user_id: user.id.as_str(),
         room_id: &name,
     };
-    // Through cluster::emit: while Redis is down (or hung) it goes to local sockets at once.
-    if let Err(e) = cluster::emit(
-        &cx.app.state,
-        || cx.socket.to(name.clone()),
-        "user_joined",
-        &notice,
-    )
-    .await
-    {
+    if let Err(e) = cx.to(&room).emit("user_joined", &notice).await {
         tracing::warn!(room = %name, error = %e, "could not announce a join");
     }
     Ok(json!({ "room": name, "size": size }))
@@ -161,7 +150,8 @@ pub async fn announce_left<A: Adapter>(
         user_id: user.id.as_str(),
         room_id: &name,
     };
-    if let Err(e) = cluster::emit(state, || socket.to(name.clone()), "user_left", &notice).await {
+    let to_room = ToRooms::from_socket(state, socket, room);
+    if let Err(e) = to_room.emit("user_left", &notice).await {
         tracing::warn!(room = %name, error = %e, "could not announce a leave");
     }
 }
@@ -193,7 +183,7 @@ pub async fn broadcast_room<A: Adapter>(
             "Expected (roomId, event, data) or { room, event, data }",
         ));
     };
-    let room = parse_room(room)?;
+    let room: Room = room.parse()?;
     if !valid_event_name(event) {
         return Err(AppError::invalid("This event name cannot be broadcast"));
     }
@@ -205,9 +195,10 @@ pub async fn broadcast_room<A: Adapter>(
         return Err(AppError::forbidden("Join the room first"));
     }
     let data = data.unwrap_or(&Json::Null);
-    cluster::emit(&cx.app.state, || cx.socket.to(name.clone()), event, data)
+    cx.to(&room)
+        .emit(event, data)
         .await
-        .map_err(|e| AppError::internal("broadcasting to a room", e))?;
+        .context("broadcasting to a room")?;
     Ok(json!({}))
 }
 

@@ -1,25 +1,25 @@
 //! `task_update` and `time_tracking`.
 
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::{Cx, id_field};
+use super::Cx;
 use crate::{
-    cluster,
     error::AppError,
-    rooms::Room,
+    rooms::{Id, Room},
     time::{iso, iso_now},
 };
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TaskUpdatePayload {
-    task_id: Json,
+    task_id: Id,
     #[serde(default)]
-    project_id: Option<Json>,
+    project_id: Option<Id>,
     changes: Json,
 }
 
@@ -27,32 +27,26 @@ struct TaskUpdatePayload {
 /// `project:{p}:activity` gets `user_activity` (an inaccessible one is skipped silently).
 pub async fn task_update<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<Json, AppError> {
     let p: TaskUpdatePayload = cx.payload(value)?;
-    let task = id_field("taskId", &p.task_id)?;
+    let task = p.task_id;
     if !p.changes.is_object() {
         return Err(AppError::invalid("changes must be an object"));
     }
-    let project = match p.project_id.as_ref().filter(|v| !v.is_null()) {
-        Some(v) => Some(id_field("projectId", v)?),
-        None => None,
-    };
     let user = &cx.conn.user;
-    if !cx.may_use(&Room::Task(task.clone())).await {
-        return Err(AppError::forbidden("Not allowed to update this task"));
-    }
+    let room = Room::Task(task.clone());
+    cx.require_room(&room)
+        .await
+        .map_err(|_| AppError::forbidden("Not allowed to update this task"))?;
     let timestamp = iso_now();
-    let state = &cx.app.state;
     let update = json!({ "taskId": task, "changes": p.changes, "updatedBy": user.id, "timestamp": timestamp });
-    let room = Room::Task(task.clone()).to_string();
-    cluster::emit(
-        state,
-        || cx.app.io.to(room.clone()),
-        "task_updated",
-        &update,
-    )
-    .await
-    .map_err(|e| AppError::internal("relaying a task update", e))?;
-    if let Some(project) = project
-        && cx.may_use(&Room::Project(project.clone())).await
+    cx.within(&room)
+        .emit("task_updated", &update)
+        .await
+        .context("relaying a task update")?;
+    if let Some(project) = p.project_id
+        && cx
+            .require_room(&Room::Project(project.clone()))
+            .await
+            .is_ok()
     {
         let activity = json!({
             "type": "task_updated",
@@ -63,15 +57,8 @@ pub async fn task_update<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
             "changes": p.changes,
             "timestamp": timestamp,
         });
-        let room = Room::ProjectActivity(project).to_string();
-        if let Err(e) = cluster::emit(
-            state,
-            || cx.app.io.to(room.clone()),
-            "user_activity",
-            &activity,
-        )
-        .await
-        {
+        let room = Room::ProjectActivity(project);
+        if let Err(e) = cx.within(&room).emit("user_activity", &activity).await {
             tracing::warn!(error = %e, "could not relay project activity");
         }
     }
@@ -81,7 +68,7 @@ pub async fn task_update<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Resul
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TimeTrackingPayload {
-    task_id: Json,
+    task_id: Id,
     action: String,
     #[serde(default)]
     at: Option<Json>,
@@ -107,7 +94,7 @@ pub async fn time_tracking<A: Adapter>(
     value: &mut Value,
 ) -> Result<Json, AppError> {
     let p: TimeTrackingPayload = cx.payload(value)?;
-    let task = id_field("taskId", &p.task_id)?;
+    let task = p.task_id;
     if p.action != "start" && p.action != "stop" {
         return Err(AppError::invalid("action must be start or stop"));
     }
@@ -119,21 +106,14 @@ pub async fn time_tracking<A: Adapter>(
     };
     let user = &cx.conn.user;
     let room = Room::TaskTime(task.clone());
-    if !cx.may_use(&room).await {
-        return Err(AppError::forbidden(
-            "Not allowed to track time on this task",
-        ));
-    }
+    cx.require_room(&room)
+        .await
+        .map_err(|_| AppError::forbidden("Not allowed to track time on this task"))?;
     let notice = json!({ "taskId": task, "userId": user.id, "action": p.action, "at": at });
-    let room = room.to_string();
-    cluster::emit(
-        &cx.app.state,
-        || cx.app.io.to(room.clone()),
-        "time_tracking_updated",
-        &notice,
-    )
-    .await
-    .map_err(|e| AppError::internal("relaying time tracking", e))?;
+    cx.within(&room)
+        .emit("time_tracking_updated", &notice)
+        .await
+        .context("relaying time tracking")?;
     Ok(json!({ "at": at }))
 }
 

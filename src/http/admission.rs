@@ -2,7 +2,7 @@
 //! handshake, and the connection caps are fitted to the file descriptors the process has.
 //!
 //! The Socket.IO caps (`MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_IP`, checked at the
-//! CONNECT in [`crate::connection::admit`]) cannot see a client that opens engine.io
+//! CONNECT in `connection::admit`) cannot see a client that opens engine.io
 //! sessions and never sends a CONNECT: each such session holds memory, and a websocket or
 //! a waiting poll a file descriptor. So [`check`] takes an engine slot at the handshake
 //! (a request on the Socket.IO path without `sid`: a polling GET or a websocket upgrade,
@@ -26,10 +26,9 @@ use axum::{
 };
 
 use crate::{
+    app::AppState,
     config::Config,
-    connection::client_ip,
-    limits::{ConnSlot, ConnectionLimits, Refusal, with_headroom},
-    server::AppState,
+    limits::{ConnSlot, ConnectionLimits, Refusal, client_ip, with_headroom},
 };
 
 /// The Socket.IO path (socketioxide's default, which Trestle does not change).
@@ -93,7 +92,9 @@ pub async fn check(State(adm): State<Arc<Admission>>, req: Request, next: Next) 
     }
     let state = &adm.state;
     if state.is_shutting_down() {
-        state.metrics.refused("handshake_shutting_down");
+        state
+            .metrics
+            .count(crate::metrics::Refused::HandshakeShuttingDown);
         return refuse(Refusal::Capacity);
     }
     let (mut parts, body) = req.into_parts();
@@ -104,10 +105,7 @@ pub async fn check(State(adm): State<Arc<Admission>>, req: Request, next: Next) 
             next.run(Request::from_parts(parts, body)).await
         }
         Err(refusal) => {
-            state.metrics.refused(match refusal {
-                Refusal::Capacity => "handshake_capacity",
-                Refusal::PerIp => "handshake_per_ip",
-            });
+            state.metrics.count(refusal.at_handshake());
             tracing::debug!(%ip, reason = refusal.reason(), "engine.io handshake refused");
             refuse(refusal)
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{adapter::Adapter, socket::Sid};
 
-use crate::{cluster, handlers::SOCKETIO_RESERVED, rooms::Room, server::App};
+use crate::{app::App, cluster, handlers::SOCKETIO_RESERVED, rooms::Room};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1_000_000;
@@ -125,7 +125,9 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
         );
     }
     let op = || app.io.to(request.rooms.clone()).except(except.clone());
-    match cluster::emit_everywhere(&app.state, op, &request.event, &request.data).await {
+    match cluster::emit_everywhere(app.state.redis.as_ref(), op, &request.event, &request.data)
+        .await
+    {
         Ok(()) => {}
         Err(cluster::NotEverywhere::Cluster) => return cluster_unavailable(),
         Err(e) => {

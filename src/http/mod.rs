@@ -16,7 +16,7 @@ use axum::{
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 
-use crate::server::App;
+use crate::app::App;
 
 /// The HTTP routes; unknown paths are 404.
 pub fn routes<A: Adapter>(app: App<A>) -> axum::Router {

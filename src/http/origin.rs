@@ -22,7 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{config::Config, server::AppState};
+use crate::{app::AppState, config::Config};
 
 /// The origins allowed to open sockets.
 pub enum Origins {
@@ -125,7 +125,7 @@ pub async fn check(
             state.config.trust_proxy,
         )
     {
-        state.metrics.refused("origin");
+        state.metrics.count(crate::metrics::Refused::Origin);
         // At info: a refused client (often a misconfigured CORS_ORIGINS) otherwise fails
         // silently, falling back to polling or not connecting at all.
         let bytes = origin.as_bytes();

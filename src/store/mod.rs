@@ -145,6 +145,14 @@ impl Store {
     }
 }
 
+/// The database URL of `config`: `DATABASE_URL`, or the SQLite file under `DATA_DIR`.
+pub fn database_url(config: &crate::config::Config) -> String {
+    match &config.database_url {
+        Some(url) if !url.trim().is_empty() => url.clone(),
+        _ => default_database_url(&config.data_dir),
+    }
+}
+
 /// The URL of the default database: `trestle.db` in `data_dir`, created when missing.
 pub fn default_database_url(data_dir: &Path) -> String {
     format!(

@@ -29,6 +29,20 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// Where `config` keeps documents: `DOCUMENTS_URL`, else `DOCUMENTS_DIR`, else
+    /// `DATA_DIR/documents`.
+    pub fn from_config(config: &crate::config::Config) -> anyhow::Result<Objects> {
+        match &config.documents_url {
+            Some(url) if !url.trim().is_empty() => Objects::from_url(url),
+            _ => Objects::local(
+                &config
+                    .documents_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("documents")),
+            ),
+        }
+    }
+
     /// The local folder `dir` (created when missing).
     pub fn local(dir: &FsPath) -> anyhow::Result<Objects> {
         std::fs::create_dir_all(dir)

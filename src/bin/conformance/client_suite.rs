@@ -33,6 +33,8 @@ use socketioxide::{
 };
 use time::{OffsetDateTime, macros::format_description};
 
+use trestle::{config::Engine, server::socketio_builder};
+
 use crate::dynamic::{ArgList, Dyn};
 
 /// What socket.io's `socket.handshake` holds, for this socket's namespace.
@@ -286,11 +288,12 @@ pub async fn delay_handshakes(req: Request, next: Next) -> Response {
 
 pub fn layer() -> SocketIoLayer {
     // socket.io's defaults otherwise: pingTimeout 20 s, maxHttpBufferSize 1e6.
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_millis(2000))
-        .ping_timeout(Duration::from_millis(20_000))
-        .max_payload(1_000_000)
-        .build_layer();
+    // socket.io-client's suite runs its server with a 2 s ping interval.
+    let engine = Engine {
+        ping_interval: Duration::from_millis(2000),
+        ..Engine::socketio_defaults()
+    };
+    let (layer, io) = socketio_builder(SocketIo::builder(), &engine).build_layer();
     io.ns("/", on_main.with(main_middleware));
     io.ns("/foo", on_foo);
     io.ns("/timeout_socket", on_empty);

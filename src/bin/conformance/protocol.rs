@@ -11,10 +11,12 @@
 use std::time::Duration;
 
 use socketioxide::{
-    ParserConfig, SocketIo,
+    SocketIo,
     extract::{AckSender, SocketRef, TryData},
     layer::SocketIoLayer,
 };
+
+use trestle::{config::Engine, server::socketio_builder};
 
 use crate::dynamic::ArgList;
 
@@ -61,14 +63,15 @@ async fn on_connect(socket: SocketRef, TryData(auth): TryData<serde_json::Value>
 }
 
 pub fn layer() -> SocketIoLayer {
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_millis(300))
-        .ping_timeout(Duration::from_millis(200))
-        .connect_timeout(Duration::from_millis(1000))
-        .max_payload(1_000_000)
-        .ws_max_message_size(1_000_000)
-        .with_parser(ParserConfig::common().max_incoming_binary_buf_size(1_000_000))
-        .build_layer();
+    // The suite's own expectations (test-suite.js): pings every 300 ms, 200 ms to answer,
+    // a CONNECT within 1 s.
+    let engine = Engine {
+        ping_interval: Duration::from_millis(300),
+        ping_timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(1000),
+        ..Engine::socketio_defaults()
+    };
+    let (layer, io) = socketio_builder(SocketIo::builder(), &engine).build_layer();
     io.ns("/", on_connect);
     io.ns("/custom", on_connect);
     layer

@@ -40,6 +40,7 @@ use fred::{
 };
 
 use super::Link;
+use crate::metrics::LabelValues;
 
 mod local;
 mod memory;
@@ -89,6 +90,15 @@ impl Status {
             "away" => Status::Away,
             _ => Status::Offline,
         }
+    }
+}
+
+impl LabelValues for Status {
+    const COUNTER: &'static str = "trestle_presence_changes_total";
+    const LABEL: &'static str = "status";
+    const ALL: &'static [Self] = &[Status::Online, Status::Away, Status::Offline];
+    fn label(self) -> &'static str {
+        self.as_str()
     }
 }
 
@@ -348,4 +358,19 @@ pub fn reconnects(
     client: &Client,
 ) -> tokio::sync::broadcast::Receiver<fred::types::config::Server> {
     client.reconnect_rx()
+}
+
+/// Logs a presence registry failure: at debug while Redis is marked down (said once, by
+/// the link, not once per socket during an outage), else at warn.
+pub fn log_failure(user: &str, what: &str, e: &anyhow::Error) {
+    if crate::cluster::link::refused(e) {
+        tracing::debug!(user, what, "presence registry skipped: Redis is down");
+    } else {
+        tracing::warn!(
+            user,
+            what,
+            error = format!("{e:#}"),
+            "presence registry call failed"
+        );
+    }
 }

@@ -10,17 +10,18 @@
 //! `fields` validates the payloads' fields, `upload` and `publish` take an upload from its
 //! start to its document, `stream` sends documents, `sweeper` removes abandoned uploads.
 
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use socketioxide::adapter::Adapter;
 use socketioxide_core::Value;
 
-use super::{Cx, id_field};
+use super::{Cx, invalid_id};
 use crate::{
+    app::AppState,
     auth::User,
     error::AppError,
     rooms::{Id, Room},
-    server::AppState,
     store::{Document, from_epoch_ms},
     time::iso,
 };
@@ -31,7 +32,7 @@ mod stream;
 mod sweeper;
 mod upload;
 
-pub use stream::{StreamBudget, Streams, document_stream, document_stream_cancel};
+pub use stream::{document_stream, document_stream_cancel};
 pub use sweeper::sweep_every;
 pub use upload::{
     document_upload_abort, document_upload_chunk, document_upload_complete, document_upload_start,
@@ -41,20 +42,17 @@ pub use upload::{
 /// Most documents `list_documents` returns.
 const LIST_LIMIT: i64 = 1000;
 
+/// `FORBIDDEN` unless `user` may use the project's room, with the documents' message.
 pub(super) async fn require_project(
     state: &AppState,
     user: &User,
     project: &Id,
 ) -> Result<(), AppError> {
-    if state
+    state
         .access
-        .allows(user, &Room::Project(project.clone()))
+        .require(user, &Room::Project(project.clone()))
         .await
-    {
-        Ok(())
-    } else {
-        Err(AppError::forbidden("No access to this project"))
-    }
+        .map_err(|_| AppError::forbidden("No access to this project"))
 }
 
 pub(super) fn document_json(d: &Document) -> Json {
@@ -73,8 +71,9 @@ pub(super) fn document_json(d: &Document) -> Json {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ProjectPayload {
+    // Optional so that a missing one is answered as an invalid one, as it always was.
     #[serde(default)]
-    project_id: Json,
+    project_id: Option<Id>,
 }
 
 /// `list_documents { projectId }` → `{ documents }`, newest first.
@@ -83,7 +82,7 @@ pub async fn list_documents<A: Adapter>(
     value: &mut Value,
 ) -> Result<Json, AppError> {
     let p: ProjectPayload = cx.payload(value)?;
-    let project = id_field("projectId", &p.project_id)?;
+    let project = p.project_id.ok_or_else(|| invalid_id("projectId"))?;
     require_project(&cx.app.state, &cx.conn.user, &project).await?;
     let docs = cx
         .app
@@ -91,6 +90,6 @@ pub async fn list_documents<A: Adapter>(
         .store
         .documents_list(project.as_str(), LIST_LIMIT)
         .await
-        .map_err(|e| AppError::internal("listing documents", format!("{e:#}")))?;
+        .context("listing documents")?;
     Ok(json!({ "documents": docs.iter().map(document_json).collect::<Vec<_>>() }))
 }

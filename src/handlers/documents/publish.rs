@@ -1,13 +1,15 @@
 //! Publishing a complete upload as a document, and discarding an upload.
 
+use anyhow::Context;
 use serde_json::json;
 use socketioxide::adapter::Adapter;
 
 use crate::{
-    cluster::{self, presence::now_ms},
+    app::{App, AppState},
+    cluster::presence::now_ms,
     error::{AppError, Code},
+    handlers::ToRooms,
     rooms::{Id, Room},
-    server::{App, AppState},
     store::{Document, Upload, from_epoch_ms, new_id},
     time::iso,
 };
@@ -15,13 +17,13 @@ use crate::{
 /// Assembles, checks and publishes a complete upload.
 pub(super) async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Document, AppError> {
     let state = &app.state;
-    let id = new_id().map_err(|e| AppError::internal("making a document id", e))?;
+    let id = new_id().context("making a document id")?;
     let chunks = (u.size + u.chunk_size - 1) / u.chunk_size;
     let (sha256, size) = state
         .objects
         .assemble(&u.id, chunks, &id)
         .await
-        .map_err(|e| AppError::internal("assembling a document", format!("{e:#}")))?;
+        .context("assembling a document")?;
     let mismatch = if size as i64 != u.size {
         Some(AppError::new(
             Code::Conflict,
@@ -58,7 +60,7 @@ pub(super) async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Docu
         .store
         .document_publish(&doc, &u.id)
         .await
-        .map_err(|e| AppError::internal("publishing a document", format!("{e:#}")))?;
+        .context("publishing a document")?;
     if let Err(e) = state.objects.delete_upload(&u.id).await {
         // The document is complete; leftover chunks only take space.
         tracing::warn!(
@@ -67,6 +69,7 @@ pub(super) async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Docu
         );
     }
     let room = Room::Project(Id::from_trusted(&doc.project_id)).to_string();
+    let to_room = ToRooms::from_server(app, vec![room]);
     let event = json!({
         "projectId": doc.project_id,
         "documentId": doc.id,
@@ -76,14 +79,7 @@ pub(super) async fn publish<A: Adapter>(app: &App<A>, u: &Upload) -> Result<Docu
         "size": doc.size,
         "timestamp": iso(from_epoch_ms(doc.created_at)),
     });
-    if let Err(e) = cluster::emit(
-        state,
-        || app.io.to(room.clone()),
-        "document_uploaded",
-        &event,
-    )
-    .await
-    {
+    if let Err(e) = to_room.emit("document_uploaded", &event).await {
         tracing::warn!(error = %e, "could not announce a document");
     }
     Ok(doc)

@@ -1,9 +1,11 @@
-//! Document streams: the per-socket registry, the instance's byte budget, the
-//! `document_stream` and `document_stream_cancel` handlers, and the stream runner.
+//! Document streams: the `document_stream` and `document_stream_cancel` handlers and the
+//! stream runner (a socket's running streams are `session::Streams`, the instance's byte
+//! budget `limits::StreamBudget`).
 
+use anyhow::Context;
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -15,14 +17,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use socketioxide::{SendError, SocketError, adapter::Adapter, socket::Socket};
 use socketioxide_core::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::require_project;
 use crate::{
+    app::App,
     error::{AppError, Code},
     handlers::{AfterReply, Cx, id_field},
     rooms::Id,
-    server::App,
+    session::StreamEntry,
     store::Document,
 };
 
@@ -32,108 +34,8 @@ const STREAM_CHUNK_MAX: u64 = 1024 * 1024;
 /// Stream chunk size when the client names none.
 const STREAM_CHUNK_DEFAULT: u64 = 65_536;
 
-/// The streams of one socket (in its `Conn`): aborted on cancel, replacement,
-/// disconnect, and when the socket is dropped.
-#[derive(Default)]
-pub struct Streams(Mutex<Vec<StreamEntry>>);
-
-struct StreamEntry {
-    document: String,
-    token: u64,
-    task: tokio::task::AbortHandle,
-}
-
+/// Tells a socket's streams apart.
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
-
-impl Streams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StreamEntry>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stops the stream of `document`, if any; returns whether there was one.
-    fn cancel(&self, document: &str) -> bool {
-        let mut streams = self.lock();
-        let before = streams.len();
-        streams.retain(|s| {
-            let keep = s.document != document;
-            if !keep {
-                s.task.abort();
-            }
-            keep
-        });
-        streams.len() != before
-    }
-
-    /// Stops every stream.
-    pub fn cancel_all(&self) {
-        for s in self.lock().drain(..) {
-            s.task.abort();
-        }
-    }
-
-    fn running(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn finished(&self, token: u64) {
-        self.lock().retain(|s| s.token != token);
-    }
-}
-
-impl Drop for Streams {
-    fn drop(&mut self) {
-        self.cancel_all();
-    }
-}
-
-/// The instance's budget of streamed bytes sent and not yet acknowledged
-/// (`STREAM_BUDGET_BYTES`), shared by every stream: what clients that do not ack can make
-/// the server hold is this, whatever the number of sockets and streams.
-#[derive(Debug)]
-pub struct StreamBudget(Option<(Arc<Semaphore>, u64)>);
-
-impl StreamBudget {
-    /// A budget of `bytes` (0: none).
-    pub fn new(bytes: u64) -> Self {
-        let total = bytes.min(Semaphore::MAX_PERMITS as u64);
-        StreamBudget((total > 0).then(|| (Arc::new(Semaphore::new(total as usize)), total)))
-    }
-
-    /// The permits a chunk of `bytes` takes: a chunk larger than the whole budget takes
-    /// all of it, so that it can still go out alone.
-    fn cost(total: u64, bytes: u64) -> u32 {
-        u32::try_from(bytes.min(total)).unwrap_or(u32::MAX)
-    }
-
-    /// Whether a chunk of `bytes` would have to wait for room now.
-    fn is_full(&self, bytes: u64) -> bool {
-        self.0.as_ref().is_some_and(|(sem, total)| {
-            (sem.available_permits() as u64) < u64::from(Self::cost(*total, bytes))
-        })
-    }
-
-    /// Room for a chunk of `bytes` now: `Err` when there is none, `Ok(None)` without a
-    /// budget.
-    fn try_take(&self, bytes: u64) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        match &self.0 {
-            None => Ok(None),
-            Some((sem, total)) => sem
-                .clone()
-                .try_acquire_many_owned(Self::cost(*total, bytes))
-                .map(Some)
-                .map_err(|_| ()),
-        }
-    }
-
-    /// Room for a chunk of `bytes`, waiting for it (`None` without a budget).
-    async fn take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
-        let (sem, total) = self.0.as_ref()?;
-        sem.clone()
-            .acquire_many_owned(Self::cost(*total, bytes))
-            .await
-            .ok()
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -166,7 +68,7 @@ pub async fn document_stream<A: Adapter>(
         .store
         .document_get(id.as_str())
         .await
-        .map_err(|e| AppError::internal("reading a document", format!("{e:#}")))?
+        .context("reading a document")?
         .ok_or_else(|| AppError::new(Code::NotFound, "Document not found"))?;
     require_project(state, &cx.conn.user, &Id::from_trusted(&doc.project_id)).await?;
     let size = doc.size as u64;

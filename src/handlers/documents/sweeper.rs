@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::publish::discard;
-use crate::{cluster::presence::now_ms, server::AppState};
+use crate::{app::AppState, cluster::presence::now_ms};
 
 /// Removes abandoned uploads (nothing received for `UPLOAD_TTL_MS`), checking every
 /// quarter of that time (at most every minute), so an upload outlives its TTL by a quarter

@@ -1,5 +1,6 @@
 //! The upload handlers: start, chunk, status, complete, abort.
 
+use anyhow::Context;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,11 +15,12 @@ use super::{
     require_project,
 };
 use crate::{
+    app::AppState,
     auth::User,
     cluster::presence::now_ms,
     error::{AppError, Code},
     handlers::{Cx, id_field},
-    server::AppState,
+    rooms::Id,
     store::{Upload, new_id},
 };
 
@@ -28,7 +30,7 @@ const COMPLETION_HOLD: Duration = Duration::from_secs(600);
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StartPayload {
-    project_id: Json,
+    project_id: Id,
     filename: Json,
     size: Json,
     #[serde(default)]
@@ -44,7 +46,7 @@ pub async fn document_upload_start<A: Adapter>(
     value: &mut Value,
 ) -> Result<Json, AppError> {
     let p: StartPayload = cx.payload(value)?;
-    let project = id_field("projectId", &p.project_id)?;
+    let project = p.project_id;
     let filename = clean_filename(&p.filename)?;
     let size = count_field("size", &p.size)?;
     let document_type = document_type(p.document_type.as_ref())?;
@@ -63,7 +65,7 @@ pub async fn document_upload_start<A: Adapter>(
     require_project(state, user, &project).await?;
     let now = now_ms();
     let upload = Upload {
-        id: new_id().map_err(|e| AppError::internal("making an upload id", e))?,
+        id: new_id().context("making an upload id")?,
         user_id: user.id.to_string(),
         project_id: project.to_string(),
         filename,
@@ -82,7 +84,7 @@ pub async fn document_upload_start<A: Adapter>(
         .store
         .upload_create(&upload, i64::from(state.config.max_uploads_per_user))
         .await
-        .map_err(|e| AppError::internal("starting an upload", format!("{e:#}")))?;
+        .context("starting an upload")?;
     if !created {
         return Err(AppError::new(
             Code::RateLimited,
@@ -102,7 +104,7 @@ async fn owned_upload(state: &AppState, user: &User, id: &Json) -> Result<Upload
         .store
         .upload_get(id.as_str())
         .await
-        .map_err(|e| AppError::internal("reading an upload", format!("{e:#}")))?
+        .context("reading an upload")?
         .ok_or_else(|| AppError::new(Code::NotFound, "Upload not found"))?;
     if upload.user_id != user.id.as_str() {
         return Err(AppError::forbidden("Not your upload"));
@@ -163,13 +165,13 @@ pub async fn document_upload_chunk<A: Adapter>(
         .objects
         .put_chunk(&upload.id, index, data)
         .await
-        .map_err(|e| AppError::internal("storing an upload chunk", format!("{e:#}")))?;
+        .context("storing an upload chunk")?;
     let received = offset + expected;
     let advanced = state
         .store
         .upload_advance(&upload.id, index, received, now_ms())
         .await
-        .map_err(|e| AppError::internal("advancing an upload", format!("{e:#}")))?;
+        .context("advancing an upload")?;
     if !advanced {
         // Another writer moved the upload on meanwhile (the same chunk sent twice at once
         // is fine; anything else is out of order).
@@ -177,7 +179,7 @@ pub async fn document_upload_chunk<A: Adapter>(
             .store
             .upload_get(&upload.id)
             .await
-            .map_err(|e| AppError::internal("reading an upload", format!("{e:#}")))?
+            .context("reading an upload")?
             .ok_or_else(|| AppError::new(Code::NotFound, "Upload not found"))?;
         if now.next_index > index {
             return Ok(json!({ "receivedBytes": now.received_bytes }));
@@ -253,7 +255,7 @@ pub async fn document_upload_complete<A: Adapter>(
         .store
         .upload_claim_completion(&u.id, now, hold)
         .await
-        .map_err(|e| AppError::internal("claiming an upload", format!("{e:#}")))?;
+        .context("claiming an upload")?;
     if !claimed {
         return Err(AppError::new(
             Code::Conflict,
@@ -284,7 +286,7 @@ pub async fn document_upload_abort<A: Adapter>(
         .store
         .upload_claim_completion(&u.id, now, now + COMPLETION_HOLD.as_millis() as i64)
         .await
-        .map_err(|e| AppError::internal("claiming an upload", format!("{e:#}")))?;
+        .context("claiming an upload")?;
     if !claimed {
         return Err(AppError::new(
             Code::Conflict,

@@ -3,7 +3,11 @@
 //! Every field has an environment name so that container deployments need no
 //! flags; `trestle --help` lists them all with their defaults.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+mod derived;
+
+pub use derived::Engine;
+
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 
@@ -367,146 +371,6 @@ impl Config {
         cfg.documents_url = None;
         cfg
     }
-
-    /// The database URL: `DATABASE_URL`, or the SQLite file under `DATA_DIR`.
-    pub fn database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) if !url.trim().is_empty() => url.clone(),
-            _ => crate::store::default_database_url(&self.data_dir),
-        }
-    }
-
-    /// Where documents are kept: `DOCUMENTS_URL`, else `DOCUMENTS_DIR`, else
-    /// `DATA_DIR/documents`.
-    pub fn documents(&self) -> anyhow::Result<crate::store::Objects> {
-        match &self.documents_url {
-            Some(url) if !url.trim().is_empty() => crate::store::Objects::from_url(url),
-            _ => crate::store::Objects::local(
-                &self
-                    .documents_dir
-                    .clone()
-                    .unwrap_or_else(|| self.data_dir.join("documents")),
-            ),
-        }
-    }
-
-    /// The upload `chunkSize` in force: `UPLOAD_CHUNK_SIZE`, lowered when it would not fit
-    /// in `MAX_MESSAGE_BYTES`. Over long-polling a binary chunk travels base64-encoded
-    /// (4/3 of its size) with its event's JSON; a chunk that cannot fit would make every
-    /// upload fail, so a server with small messages gets small chunks instead.
-    pub fn upload_chunk_bytes(&self) -> u32 {
-        let fits = self.max_message_bytes.saturating_sub(1024) * 3 / 4;
-        u32::try_from(fits)
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.upload_chunk_size)
-    }
-
-    /// The `CORS_ORIGINS` entries as browsers write an `Origin` (lower case, no trailing
-    /// slash), for the CORS layer and the origin check alike; `None`: any origin.
-    pub fn cors_origin_list(&self) -> Option<Vec<String>> {
-        let origins: Vec<String> = self
-            .cors_origins
-            .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect();
-        (!origins.is_empty() && !origins.iter().any(|o| o == "*")).then_some(origins)
-    }
-
-    /// What start-up should warn about: settings under which every request of a kind is
-    /// refused, and settings lowered to what can work.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.api_key.as_deref().is_none_or(str::is_empty) {
-            warnings.push("API_KEY is not set: every POST /api/emit is refused with 401".into());
-        }
-        // A browser's `Origin` is always `scheme://host[:port]` with the default port left
-        // out; an entry of another shape (no scheme, a path, `:443` on https) never matches.
-        let is_origin = |o: &String| {
-            o == "null" || url::Url::parse(o).is_ok_and(|u| u.origin().ascii_serialization() == *o)
-        };
-        if self
-            .cors_origin_list()
-            .is_some_and(|list| !list.iter().any(is_origin))
-        {
-            warnings.push(
-                "no CORS_ORIGINS entry is an origin (scheme://host[:port]): every browser \
-                 request from another origin is refused with 403"
-                    .into(),
-            );
-        }
-        let zeros: [(u64, &str); 8] = [
-            (
-                self.connect_timeout_ms,
-                "CONNECT_TIMEOUT_MS is 0: every session is closed before its CONNECT",
-            ),
-            (
-                self.max_connections as u64,
-                "MAX_CONNECTIONS is 0: every connection is refused",
-            ),
-            (
-                u64::from(self.max_connections_per_ip),
-                "MAX_CONNECTIONS_PER_IP is 0: every connection is refused",
-            ),
-            (
-                self.max_message_bytes,
-                "MAX_MESSAGE_BYTES is 0: every client message is over the limit",
-            ),
-            (
-                self.max_rooms_per_socket as u64,
-                "MAX_ROOMS_PER_SOCKET is 0: every join_room is refused",
-            ),
-            (
-                u64::from(self.max_uploads_per_user),
-                "MAX_UPLOADS_PER_USER is 0: every document upload is refused",
-            ),
-            (
-                self.max_document_bytes,
-                "MAX_DOCUMENT_BYTES is 0: every non-empty document upload is refused",
-            ),
-            (
-                u64::from(self.max_streams_per_socket),
-                "MAX_STREAMS_PER_SOCKET is 0: every document stream is refused",
-            ),
-        ];
-        warnings.extend(
-            zeros
-                .iter()
-                .filter(|(v, _)| *v == 0)
-                .map(|(_, m)| (*m).to_owned()),
-        );
-        if self.upload_chunk_bytes() < self.upload_chunk_size {
-            warnings.push(format!(
-                "UPLOAD_CHUNK_SIZE lowered from {} to {} bytes: a larger chunk, base64-encoded \
-                 for long-polling, would not fit in MAX_MESSAGE_BYTES ({})",
-                self.upload_chunk_size,
-                self.upload_chunk_bytes(),
-                self.max_message_bytes
-            ));
-        }
-        warnings
-    }
-
-    /// The socketioxide-redis adapter's channel prefix (its default, `socket.io`, behind
-    /// `REDIS_PREFIX`).
-    pub fn adapter_channel_prefix(&self) -> String {
-        format!("{}socket.io", self.redis_prefix)
-    }
-
-    /// Where the presence registry keeps its keys in Redis.
-    pub fn presence_key_prefix(&self) -> String {
-        format!("{}trestle:presence:", self.redis_prefix)
-    }
-
-    /// The ping interval as a duration.
-    pub fn ping_interval(&self) -> Duration {
-        Duration::from_millis(self.ping_interval_ms)
-    }
-
-    /// The ping timeout as a duration.
-    pub fn ping_timeout(&self) -> Duration {
-        Duration::from_millis(self.ping_timeout_ms)
-    }
 }
 
 #[cfg(test)]
@@ -545,16 +409,5 @@ mod tests {
         assert_eq!(cfg.presence_key_prefix(), "staging:trestle:presence:");
         assert!(Config::try_parse_from(["trestle", "--redis-prefix", "a b"]).is_err());
         assert!(Config::try_parse_from(["trestle", "--redis-prefix", &"x".repeat(65)]).is_err());
-    }
-
-    #[test]
-    fn upload_chunks_fit_a_polling_message() {
-        let cfg = Config::parse_from(["trestle"]);
-        assert_eq!(cfg.upload_chunk_bytes(), 65_536);
-        let big = Config::parse_from(["trestle", "--upload-chunk-size", "800000"]);
-        assert_eq!(big.upload_chunk_bytes(), 749_232);
-        let small = Config::parse_from(["trestle", "--max-message-bytes", "10000"]);
-        assert_eq!(small.upload_chunk_bytes(), 6_732);
-        assert!(Config::try_parse_from(["trestle", "--upload-chunk-size", "1000"]).is_err());
     }
 }

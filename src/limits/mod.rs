@@ -5,6 +5,10 @@
 //! A connection holds a [`ConnSlot`] from the moment it is admitted; dropping the slot
 //! (the socket went away by any path, or its connect was refused later on) gives the
 //! place back, so the counts cannot leak.
+//!
+//! Also here, as shared limits the handlers draw on: the typing relay throttle
+//! ([`TypingThrottle`]) and the document streams' byte budget ([`StreamBudget`]); and
+//! [`client_ip`], the address every per-address count is kept under.
 
 use std::{
     collections::HashMap,
@@ -19,6 +23,36 @@ use std::{
 
 use governor::{DefaultDirectRateLimiter, Quota};
 
+use crate::metrics::{LabelValues, Refused};
+
+mod stream;
+mod typing;
+
+pub use self::{stream::StreamBudget, typing::TypingThrottle};
+
+/// The client address: the peer address, or with `TRUST_PROXY` the last
+/// `X-Forwarded-For` entry (the one the trusted proxy added; earlier ones are the client's
+/// own claims and could be forged).
+pub fn client_ip(parts: &axum::http::request::Parts, trust_proxy: bool) -> IpAddr {
+    if trust_proxy
+        && let Some(ip) = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .next_back()
+    {
+        return ip;
+    }
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
 /// Why a connection was refused before authentication; `Display` is the `connect_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -29,11 +63,24 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A short label for metrics.
+    /// A short label for logs.
     pub fn reason(self) -> &'static str {
+        self.at_connect().label()
+    }
+
+    /// Its metric label when refused at the Socket.IO CONNECT.
+    pub fn at_connect(self) -> Refused {
         match self {
-            Refusal::Capacity => "capacity",
-            Refusal::PerIp => "per_ip",
+            Refusal::Capacity => Refused::Capacity,
+            Refusal::PerIp => Refused::PerIp,
+        }
+    }
+
+    /// Its metric label when refused at the engine.io handshake.
+    pub fn at_handshake(self) -> Refused {
+        match self {
+            Refusal::Capacity => Refused::HandshakeCapacity,
+            Refusal::PerIp => Refused::HandshakePerIp,
         }
     }
 }
