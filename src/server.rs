@@ -24,6 +24,7 @@ use socketioxide::{
 use socketioxide_redis::FredAdapter;
 use tokio::net::TcpListener;
 use tower_http::{
+    compression::{CompressionLayer, predicate::SizeAbove},
     cors::{AllowHeaders, AllowOrigin, Any, CorsLayer},
     trace::{DefaultOnFailure, TraceLayer},
 };
@@ -85,6 +86,7 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
     let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
     let router = http::routes(app.clone())
         .layer(layer)
+        .layer(compression(app.state.config.http_compression_threshold))
         // Engine sessions are counted from their handshake, before the Socket.IO layer.
         .layer(axum::middleware::from_fn_with_state(
             http::admission::Admission::new(app.state.clone()),
@@ -111,6 +113,17 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
 /// The `/` namespace's connect handler with its admission middleware.
 pub fn namespace<A: Adapter>(app: &App<A>) -> impl ConnectHandler<A, (connection::RawSocket<A>,)> {
     connection::on_connect(app.clone()).with(connection::admit(app.clone()))
+}
+
+/// gzip or deflate, as the client accepts, for responses of at least `threshold` bytes:
+/// engine.io compresses polling responses so, and a websocket upgrade has no body to
+/// compress. 0 turns both encodings off, so every response goes out as it is.
+fn compression(threshold: u64) -> CompressionLayer<SizeAbove> {
+    let on = threshold > 0;
+    CompressionLayer::new()
+        .gzip(on)
+        .deflate(on)
+        .compress_when(SizeAbove::new(threshold))
 }
 
 fn cors(cfg: &Config) -> CorsLayer {

@@ -389,7 +389,8 @@ export async function apiEmitAccepted(base, body, key, { withinMs = 10_000, ...r
 
 /**
  * A plain node:http request that resolves on the response even when the server answers
- * before reading the whole body (as a 413 may). Resolves { status, headers, text, body }.
+ * before reading the whole body (as a 413 may). Resolves { status, headers, text, body, raw }
+ * (`body`: the text parsed as JSON, if it is; `raw`: the bytes as received).
  */
 export function rawRequest(url, { method = 'GET', headers = {}, body, timeoutMs = 5000, expectContinue = false } = {}) {
   return new Promise((resolve, reject) => {
@@ -421,7 +422,7 @@ export function rawRequest(url, { method = 'GET', headers = {}, body, timeoutMs 
         } catch {
           parsed = undefined;
         }
-        resolve({ status: res.statusCode, headers: res.headers, text, body: parsed });
+        resolve({ status: res.statusCode, headers: res.headers, text, body: parsed, raw: Buffer.concat(chunks) });
       };
       res.on('end', done);
       res.on('error', done); // the server may close right after a short early answer

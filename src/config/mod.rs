@@ -152,6 +152,12 @@ pub struct Config {
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
 
+    /// HTTP responses of at least this many bytes (long-polling payloads above all) are
+    /// compressed with gzip or deflate when the client's `Accept-Encoding` takes one, as
+    /// engine.io's `httpCompression` does with its default `threshold`. 0: never compressed.
+    #[arg(long, env = "HTTP_COMPRESSION_THRESHOLD", default_value_t = 1024)]
+    pub http_compression_threshold: u64,
+
     /// Milliseconds a client has to send a whole request body (a long-polling POST, an
     /// `/api/emit` call) from when its head arrived; past it the request is answered 400
     /// and a polling session is closed. Bounds slow-body clients, which a per-read
