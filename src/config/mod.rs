@@ -152,6 +152,11 @@ pub struct Config {
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
 
+    /// Lets socket.io v2 clients (engine.io protocol 3) connect, as Node's `allowEIO3`.
+    /// They send their token in the query (`io(url, { query: { token } })`).
+    #[arg(long, env = "ALLOW_EIO3", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolish())]
+    pub allow_eio3: bool,
+
     /// HTTP responses of at least this many bytes (long-polling payloads above all) are
     /// compressed with gzip or deflate when the client's `Accept-Encoding` takes one, as
     /// engine.io's `httpCompression` does with its default `threshold`. 0: never compressed.

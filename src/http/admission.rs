@@ -84,9 +84,33 @@ fn is_handshake(req: &Request) -> bool {
             .any(|kv| kv.starts_with("sid="))
 }
 
+/// Whether `req` is for the Socket.IO path with engine.io protocol 3 (socket.io v2
+/// clients), which the engine speaks (socketioxide's `v4` feature) but only
+/// `ALLOW_EIO3` lets in, as Node's `allowEIO3`.
+fn is_eio3(req: &Request) -> bool {
+    req.uri()
+        .path()
+        .strip_prefix(SOCKET_IO_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        && req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv == "EIO=3")
+}
+
 /// Middleware in front of the Socket.IO layer: a handshake takes an engine slot or is
-/// refused with 403; other requests pass untouched.
+/// refused with 403; other requests pass untouched. Protocol 3 is refused as the engine
+/// refuses a version it does not speak, unless `ALLOW_EIO3`.
 pub async fn check(State(adm): State<Arc<Admission>>, req: Request, next: Next) -> Response {
+    if !adm.state.config.allow_eio3 && is_eio3(&req) {
+        return engine_error(
+            StatusCode::BAD_REQUEST,
+            5,
+            "Unsupported protocol version".into(),
+        );
+    }
     if !is_handshake(&req) {
         return next.run(req).await;
     }
@@ -115,9 +139,14 @@ pub async fn check(State(adm): State<Arc<Admission>>, req: Request, next: Next) 
 /// engine.io's refusal of a handshake (`allowRequest` said no): 403, code 4 (Forbidden),
 /// with the same message a refused CONNECT carries.
 fn refuse(refusal: Refusal) -> Response {
-    let body = serde_json::json!({ "code": 4, "message": refusal.to_string() }).to_string();
+    engine_error(StatusCode::FORBIDDEN, 4, refusal.to_string())
+}
+
+/// An engine.io error answer: `{ code, message }` as JSON.
+fn engine_error(status: StatusCode, code: u8, message: String) -> Response {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
     (
-        StatusCode::FORBIDDEN,
+        status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -1,0 +1,104 @@
+// Issue 15, socket.io v2 clients: old mobile apps speak engine.io protocol 3 with
+// socket.io-client 2.x. ALLOW_EIO3 (off by default, as Node's allowEIO3) lets them in;
+// they send their token in the query string, join rooms, get acks and exchange
+// broadcasts with v4 clients, over polling and websocket.
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { after, before, describe, test } from 'node:test';
+import { connectAs, emitAck, rawRequest, signToken, startServer, uniq, waitFor } from './helpers.mjs';
+
+const io2 = createRequire(import.meta.url)('socket.io-client-v2');
+
+/** A socket.io v2 client; resolves once connected, rejects with its error otherwise. */
+function connectV2(server, token, transports) {
+  const socket = io2(server.url, { query: token === undefined ? {} : { token }, transports, reconnection: false, forceNew: true });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('v2 client: no connect within 5 s')), 5000);
+    socket.on('connect', () => {
+      clearTimeout(timer);
+      resolve(socket);
+    });
+    const fail = (err) => {
+      clearTimeout(timer);
+      socket.close();
+      reject(typeof err === 'string' ? new Error(err) : Object.assign(new Error(err?.message ?? String(err)), { data: err }));
+    };
+    socket.on('error', fail);
+    socket.on('connect_error', fail);
+  });
+}
+
+/** A v2 emit with an ack callback (v2 has no emitWithAck or timeout). */
+function ackV2(socket, event, ...args) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${event}: no ack within 3 s`)), 3000);
+    socket.emit(event, ...args, (answer) => {
+      clearTimeout(timer);
+      resolve(answer);
+    });
+  });
+}
+
+describe('ALLOW_EIO3 unset (the default)', () => {
+  let server;
+  before(async () => {
+    server = await startServer();
+  });
+  after(() => server?.stop());
+
+  test('a v2 client cannot connect; protocol 3 is answered 400 code 5 on both transports', async () => {
+    await assert.rejects(connectV2(server, signToken({ userId: uniq('old') }), ['polling']));
+    for (const transport of ['polling', 'websocket']) {
+      const res = await rawRequest(`${server.url}/socket.io/?EIO=3&transport=${transport}`);
+      assert.equal(res.status, 400, transport);
+      assert.deepEqual(res.body, { code: 5, message: 'Unsupported protocol version' });
+    }
+  });
+});
+
+describe('ALLOW_EIO3=true', () => {
+  let server;
+  before(async () => {
+    server = await startServer({ ALLOW_EIO3: 'true' });
+  });
+  after(() => server?.stop());
+
+  for (const transport of ['polling', 'websocket']) {
+    test(`over ${transport}: token in the query, join_room acked, broadcasts both ways with a v4 client`, async () => {
+      const project = uniq('p');
+      const room = `project:${project}`;
+      const old = await connectV2(server, signToken({ userId: uniq('old'), projects: [project], permissions: ['room_broadcast'] }), [transport]);
+      assert.equal(old.io.engine.transport.name, transport);
+      const modern = await connectAs(server, { userId: uniq('new'), projects: [project], permissions: ['room_broadcast'] });
+
+      const joined = await ackV2(old, 'join_room', room);
+      assert.equal(joined.success, true, JSON.stringify(joined));
+      assert.equal((await emitAck(modern, 'join_room', room)).success, true);
+
+      // v4 to v2
+      const atOld = new Promise((resolve) => old.once('site_update', resolve));
+      assert.equal((await emitAck(modern, 'broadcast_room', room, 'site_update', { from: 'v4' })).success, true);
+      assert.deepEqual(await atOld, { from: 'v4' });
+
+      // v2 to v4
+      const atModern = waitFor(modern, 'site_update');
+      assert.equal((await ackV2(old, 'broadcast_room', room, 'site_update', { from: 'v2' })).success, true);
+      assert.deepEqual(await atModern, { from: 'v2' });
+
+      // an event refused by the contract is answered in the contract's shape
+      const refused = await ackV2(old, 'join_room', 'project:not-mine');
+      assert.equal(refused.success, false);
+      assert.equal(refused.code, 'FORBIDDEN');
+      old.close();
+      modern.close();
+    });
+  }
+
+  test('a v2 client without a valid token is refused with the contract message', async () => {
+    const err = await connectV2(server, 'not-a-token', ['polling']).then(
+      () => assert.fail('connected'),
+      (e) => e,
+    );
+    assert.match(err.message, /Authentication failed/);
+  });
+});
