@@ -74,16 +74,22 @@ async function silentProxy(target) {
   };
 }
 
+/** A server on a fresh PostgreSQL database reached through a `silentProxy`. */
+async function behindSilentProxy(env = {}) {
+  const url = new URL(createDatabase());
+  const proxy = await silentProxy({ host: url.hostname, port: Number(url.port) });
+  url.host = `127.0.0.1:${proxy.port}`;
+  const server = await startServer({ DATABASE_URL: url.toString(), ...env });
+  return { server, proxy };
+}
+
 const RECONNECTING = 400;
 
 describe('database silent while 400 users reconnect', () => {
   let server;
   let proxy;
   before(async () => {
-    const url = new URL(createDatabase());
-    proxy = await silentProxy({ host: url.hostname, port: Number(url.port) });
-    url.host = `127.0.0.1:${proxy.port}`;
-    server = await startServer({ DATABASE_URL: url.toString(), MAX_CONNECTIONS_PER_IP: 1000 });
+    ({ server, proxy } = await behindSilentProxy({ MAX_CONNECTIONS_PER_IP: 1000 }));
   });
   after(async () => {
     await server?.stop();
@@ -145,10 +151,7 @@ describe('a database that fails a write', () => {
   let server;
   let proxy;
   before(async () => {
-    const url = new URL(createDatabase());
-    proxy = await silentProxy({ host: url.hostname, port: Number(url.port) });
-    url.host = `127.0.0.1:${proxy.port}`;
-    server = await startServer({ DATABASE_URL: url.toString() });
+    ({ server, proxy } = await behindSilentProxy());
   });
   after(async () => {
     await server?.stop();

@@ -71,33 +71,27 @@ impl Admission {
 /// Whether `req` opens an engine.io session: a GET on the Socket.IO path with no `sid`
 /// (engineioxide's own test, `RequestInfo::parse`: only such a request creates one).
 fn is_handshake(req: &Request) -> bool {
-    let path = req.uri().path();
-    req.method() == Method::GET
-        && path
-            .strip_prefix(SOCKET_IO_PATH)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        && !req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .any(|kv| kv.starts_with("sid="))
+    req.method() == Method::GET && for_engine(req) && !query_has(req, |kv| kv.starts_with("sid="))
+}
+
+/// Whether `req` is on the Socket.IO path.
+fn for_engine(req: &Request) -> bool {
+    req.uri()
+        .path()
+        .strip_prefix(SOCKET_IO_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether a `key=value` pair of the query string matches.
+fn query_has(req: &Request, pair: impl Fn(&str) -> bool) -> bool {
+    req.uri().query().unwrap_or("").split('&').any(pair)
 }
 
 /// Whether `req` is for the Socket.IO path with engine.io protocol 3 (socket.io v2
 /// clients), which the engine speaks (socketioxide's `v4` feature) but only
 /// `ALLOW_EIO3` lets in, as Node's `allowEIO3`.
 fn is_eio3(req: &Request) -> bool {
-    req.uri()
-        .path()
-        .strip_prefix(SOCKET_IO_PATH)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        && req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .any(|kv| kv == "EIO=3")
+    for_engine(req) && query_has(req, |kv| kv == "EIO=3")
 }
 
 /// Middleware in front of the Socket.IO layer: a handshake takes an engine slot or is

@@ -249,19 +249,7 @@ pub async fn document_upload_complete<A: Adapter>(
             ),
         ));
     }
-    let now = now_ms();
-    let hold = now + COMPLETION_HOLD.as_millis() as i64;
-    let claimed = state
-        .store
-        .upload_claim_completion(&u.id, now, hold)
-        .await
-        .context("claiming an upload")?;
-    if !claimed {
-        return Err(AppError::new(
-            Code::Conflict,
-            "This upload is being completed already",
-        ));
-    }
+    claim_completion(state, &u, "This upload is being completed already").await?;
     match publish(cx.app, &u).await {
         Ok(doc) => Ok(json!({ "document": document_json(&doc) })),
         Err(e) => {
@@ -281,18 +269,24 @@ pub async fn document_upload_abort<A: Adapter>(
     let p: UploadIdPayload = cx.payload(value)?;
     let state = &cx.app.state;
     let u = owned_upload(state, &cx.conn.user, &p.upload_id).await?;
-    let now = now_ms();
-    let claimed = state
-        .store
-        .upload_claim_completion(&u.id, now, now + COMPLETION_HOLD.as_millis() as i64)
-        .await
-        .context("claiming an upload")?;
-    if !claimed {
-        return Err(AppError::new(
-            Code::Conflict,
-            "This upload is being completed",
-        ));
-    }
+    claim_completion(state, &u, "This upload is being completed").await?;
     discard(state, &u.id).await;
     Ok(json!({}))
+}
+
+/// Takes the upload for completing or discarding, for `COMPLETION_HOLD`: a second
+/// `complete` or `abort` meanwhile is `CONFLICT` with `busy`.
+async fn claim_completion(state: &AppState, u: &Upload, busy: &str) -> Result<(), AppError> {
+    let now = now_ms();
+    let hold = now + COMPLETION_HOLD.as_millis() as i64;
+    let claimed = state
+        .store
+        .upload_claim_completion(&u.id, now, hold)
+        .await
+        .context("claiming an upload")?;
+    if claimed {
+        Ok(())
+    } else {
+        Err(AppError::new(Code::Conflict, busy))
+    }
 }
