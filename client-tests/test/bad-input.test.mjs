@@ -919,12 +919,14 @@ describe('RATE_LIMIT_PER_MINUTE=0 (rate limit off)', () => {
       assertErrorAck(probe, 'FORBIDDEN'); // 200 rooms joined: the cap is reached
     }
     const after = await metrics(server);
-    assert.equal(delta(before, after, 'trestle_events_received_total{event="join_room"}') >= N, true);
-    assert.ok(delta(before, after, errorsFor('FORBIDDEN')) + delta(before, after, errorsFor('RATE_LIMITED')) >= N - 200);
+    t.diagnostic(`${acks.size} of ${N} answered; flooder ${a.isClosed ? 'closed' : 'still connected'}; slow_consumer closes: ${delta(before, after, disconnects('slow_consumer'))}`);
+    // a flooder closed as a slow consumer may not have had every event read
+    const read = a.isClosed ? acks.size : N;
+    assert.ok(delta(before, after, 'trestle_events_received_total{event="join_room"}') >= read);
+    assert.ok(delta(before, after, errorsFor('FORBIDDEN')) + delta(before, after, errorsFor('RATE_LIMITED')) >= read - 200);
     const grown = rss(server) - rss0;
     assert.ok(grown < 64 * 2 ** 20, `RSS grew by ${grown} bytes`);
     await assertUnharmed(server, sc);
-    t.diagnostic(`${acks.size} of ${N} answered; flooder ${a.isClosed ? 'closed' : 'still connected'}; slow_consumer closes: ${delta(before, after, disconnects('slow_consumer'))}`);
     // every event gets an answer, or the connection is closed (CONTRACT section 3)
     assert.ok(a.isClosed || acks.size === N, `${N - acks.size} of ${N} events were never answered and the connection is still open`);
   });

@@ -10,6 +10,7 @@
 //! `/asd` just exist.
 
 use std::{
+    convert::Infallible,
     net::SocketAddr,
     sync::{
         Arc,
@@ -140,7 +141,11 @@ async fn no_middleware(_: SocketRef) -> Result<(), &'static str> {
     Err("Auth failed (custom namespace)")
 }
 
-async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
+/// The main namespace's handlers, registered in a middleware: before the CONNECT answer,
+/// so that an event the client sends as soon as it is connected finds them (a connect
+/// handler runs after the answer, and may run after that first event too, as Trestle's
+/// namespace does in `connection::admit`).
+async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(), Infallible> {
     let hs = handshake(&socket, &auth_of(auth));
     socket.on("hi", async |s: SocketRef| {
         s.emit("hi", &NO_ARGS).ok();
@@ -257,12 +262,14 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) {
     socket.on("getId", async |s: SocketRef, ack: AckSender| {
         ack.send(&s.id.to_string()).ok();
     });
+    Ok(())
 }
 
-async fn on_foo(socket: SocketRef) {
+async fn on_foo(socket: SocketRef) -> Result<(), Infallible> {
     socket.on("getId", async |s: SocketRef, ack: AckSender| {
         ack.send(&s.id.to_string()).ok();
     });
+    Ok(())
 }
 
 async fn on_abc(socket: SocketRef, TryData(auth): TryData<Value>) {
@@ -294,8 +301,8 @@ pub fn layer() -> SocketIoLayer {
         ..Engine::socketio_defaults()
     };
     let (layer, io) = socketio_builder(SocketIo::builder(), &engine).build_layer();
-    io.ns("/", on_main.with(main_middleware));
-    io.ns("/foo", on_foo);
+    io.ns("/", on_empty.with(on_main).with(main_middleware));
+    io.ns("/foo", on_empty.with(on_foo));
     io.ns("/timeout_socket", on_empty);
     io.ns("/valid", on_empty);
     io.ns("/asd", on_empty);

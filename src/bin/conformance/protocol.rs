@@ -13,6 +13,7 @@ use std::time::Duration;
 use socketioxide::{
     SocketIo,
     extract::{AckSender, SocketRef, TryData},
+    handler::ConnectHandler,
     layer::SocketIoLayer,
 };
 
@@ -28,8 +29,9 @@ use crate::dynamic::ArgList;
 /// Written this much apart, the two frames reach the client in reads of their own.
 const AUTH_DELAY: Duration = Duration::from_millis(50);
 
-async fn on_connect(socket: SocketRef, TryData(auth): TryData<serde_json::Value>) {
-    let auth = auth.unwrap_or_else(|_| serde_json::json!({}));
+/// The handlers, registered in a middleware: before the CONNECT answer, so that an event
+/// the suite sends as soon as it is connected finds them (see `client_suite::on_main`).
+async fn register(socket: SocketRef) -> Result<(), std::convert::Infallible> {
     socket.on(
         "message",
         async |s: SocketRef, TryData(args): TryData<ArgList>| {
@@ -58,6 +60,11 @@ async fn on_connect(socket: SocketRef, TryData(auth): TryData<serde_json::Value>
             }
         },
     );
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, TryData(auth): TryData<serde_json::Value>) {
+    let auth = auth.unwrap_or_else(|_| serde_json::json!({}));
     tokio::time::sleep(AUTH_DELAY).await;
     socket.emit("auth", &auth).ok();
 }
@@ -72,7 +79,7 @@ pub fn layer() -> SocketIoLayer {
         ..Engine::socketio_defaults()
     };
     let (layer, io) = socketio_builder(SocketIo::builder(), &engine).build_layer();
-    io.ns("/", on_connect);
-    io.ns("/custom", on_connect);
+    io.ns("/", on_connect.with(register));
+    io.ns("/custom", on_connect.with(register));
     layer
 }
