@@ -9,11 +9,16 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # Cluster tests start their own redis-server (Redis 7 or later) on free ports.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli (redis-tools): the Redis Cluster tests create their cluster with it.
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # Store and cluster tests use a real PostgreSQL, started below on a free port.
 [ -n "$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null)" ] || need_apt+=(postgresql)
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 # The load-balancer test runs docker/nginx.conf in front of two instances.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+# The admin dashboard's end-to-end test drives admin-ui's UI in Debian's headless Chromium
+# (playwright-core, no browser download).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # python-socketio (the Origin test's Python client) goes into a virtualenv of its own.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

@@ -190,6 +190,7 @@ pub fn on_connect<A: Adapter>(
         app.state.metrics.connected();
         if let Some(conn) = conn_of(&socket) {
             tracing::info!(sid = %socket.id, user = %conn.user.id, transport = ?socket.transport_type(), "connected");
+            app.state.socket_feed.connected(socket.id);
             tokio::spawn(drain(app.clone(), socket.clone(), conn));
         }
         futures_util::future::ready(())
@@ -211,6 +212,9 @@ async fn on_disconnect<A: Adapter>(
     app.metrics_feed.unsubscribe(socket.id);
     let Some(conn) = conn_of(&socket) else { return };
     tracing::info!(sid = %socket.id, user = %conn.user.id, reason = label, "disconnected");
+    app.state
+        .socket_feed
+        .disconnected(socket.id, label, || socket.rooms());
     conn.streams.cancel_all();
     handlers::typing::stop_all(&app, &socket, &conn).await;
     let socket_ref = SocketRef::from(socket.clone());

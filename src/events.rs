@@ -1,5 +1,5 @@
-//! What happens on a socket, named once: the client events the server handles, and the
-//! reasons a socket goes away.
+//! What happens on a socket, named once: the client events the server handles, the event
+//! names reserved for Socket.IO and for the server, and the reasons a socket goes away.
 //!
 //! [`client_events!`] is the one table of client events. Adding an event is one line
 //! there plus its handler; this module turns the table into [`ClientEvent`] (its names,
@@ -113,6 +113,55 @@ macro_rules! define_client_events {
 
 client_events!(define_client_events);
 
+/// Event names Socket.IO reserves for itself: neither clients nor the publishers
+/// (`POST /api/emit`, the Redis emitter) may send them.
+pub const SOCKETIO_RESERVED: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// Every event the server sends of its own accord (contract sections 4 to 7). Clients may
+/// not broadcast these, so no client can forge one.
+pub const SERVER_EVENTS: &[&str] = &[
+    "user_joined",
+    "user_left",
+    "new_comment",
+    "comment_updated",
+    "comment_deleted",
+    "mention",
+    "typing_comment",
+    "typing_stopped",
+    "status_change",
+    "user_active",
+    "task_updated",
+    "user_activity",
+    "time_tracking_updated",
+    "direct_message",
+    "upload_progress",
+    "document_uploaded",
+    "document_chunk",
+    "document_complete",
+    "metrics_update",
+    "server_shutdown",
+    "resource_updated",
+    "notification",
+];
+
+/// Longest event name a publisher (`POST /api/emit`, the Redis emitter) may send.
+pub const MAX_PUBLISHED_EVENT: usize = 128;
+
+/// Whether the main backend may publish an event called `name` to clients, by either way
+/// (`POST /api/emit`, the Redis emitter): 1 to [`MAX_PUBLISHED_EVENT`] bytes and not one of
+/// [`SOCKETIO_RESERVED`]. Server events are allowed: publishing them is what the backend
+/// is for.
+pub fn publishable(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_PUBLISHED_EVENT && !SOCKETIO_RESERVED.contains(&name)
+}
+
 /// Builds the disconnect labels: a `match` (so that the compiler asks for a label when
 /// socketioxide gains a reason) and the list of every label, from the same lines.
 macro_rules! disconnect_reasons {
@@ -169,6 +218,18 @@ mod tests {
             exempt,
             ["typing_comment", "typing_stop", "document_upload_chunk"]
         );
+    }
+
+    #[test]
+    fn publishers_may_send_server_events_but_not_reserved_names() {
+        assert!(publishable("resource_updated"));
+        assert!(publishable("notification"));
+        assert!(publishable(&"e".repeat(MAX_PUBLISHED_EVENT)));
+        assert!(!publishable(&"e".repeat(MAX_PUBLISHED_EVENT + 1)));
+        assert!(!publishable(""));
+        for name in SOCKETIO_RESERVED {
+            assert!(!publishable(name), "{name}");
+        }
     }
 
     #[test]

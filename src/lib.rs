@@ -11,10 +11,11 @@
 //!
 //! 1. Foundation, no crate imports but each other's downwards:
 //!    [`error`] (the ack codes and [`error::AppError`]), [`time`] (ISO times),
-//!    [`sanitize`] (user text), [`events`] (the one table of client events, and the
-//!    disconnect reasons' labels), [`metrics`] (the Prometheus counters and the
-//!    `metrics_update` subscribers), [`config`] (the one clap struct, every setting with
-//!    its environment name; `derived.rs`: what settings mean together, start-up warnings).
+//!    [`sanitize`] (user text), [`events`] (the one table of client events, the reserved
+//!    and server event names, and the disconnect reasons' labels), [`metrics`] (the
+//!    Prometheus counters and the `metrics_update` subscribers), [`config`] (the one clap
+//!    struct, every setting with its environment name; `derived.rs`: what settings mean
+//!    together, start-up warnings).
 //! 2. Who and where: [`rooms`] (the typed [`rooms::Room`] names and ids, and their
 //!    decoding from payloads), [`auth`] (token lookup and JWT verification, the
 //!    [`auth::User`] of a socket), [`access`] (who may use a room: the claims, then the
@@ -26,7 +27,8 @@
 //!    [`store::Objects`], the document bytes), [`cluster`] (the Redis adapter, emits that
 //!    fall back to this instance while Redis is down, the readiness check, and the presence
 //!    registry [`cluster::presence`]: interface in `mod.rs`, backings in `memory.rs` and
-//!    `redis.rs`, the Redis Lua scripts in `lua/*.lua`).
+//!    `redis.rs`, the Redis Lua scripts in `lua/*.lua`; and [`cluster::emitter`], the
+//!    `@socket.io/redis-emitter` messages delivered to this instance's sockets).
 //! 4. [`app`]: [`app::AppState`], what one server shares (built once, by `server`), and
 //!    [`app::App`], that state with the Socket.IO handle; the offline deliveries under way.
 //! 5. [`session`]: what one socket holds, [`session::Conn`]: its user, joined rooms, event
@@ -41,6 +43,9 @@
 //!    admission of engine.io sessions at their handshake ([`http::admission`]: per-address
 //!    and total caps, descriptor reserve), and the hyper server loop with its request-head
 //!    and body limits ([`http::serve`]).
+//!    [`admin`]: the `@socket.io/admin-ui` dashboard's `/admin` namespace (its login, the
+//!    sockets and rooms of every instance, `server_stats`, the commands), which the lower
+//!    layers feed through [`app::SocketFeed`], and the dashboard's files.
 //! 8. [`server`]: wiring only: the router with its layers, [`server::serve`] with the
 //!    background loops (one `JoinSet`) and the graceful stop.
 //!
@@ -52,6 +57,7 @@
 //! root `Cargo.toml`; `vendor/README.md` lists each fix.
 
 pub mod access;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cluster;

@@ -30,6 +30,7 @@ use tower_http::{
 };
 
 use crate::{
+    admin,
     app::{App, AppState},
     auth::Verifier,
     cluster::{
@@ -85,6 +86,7 @@ pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Ro
     let app = App::new(state, io);
     let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
     let router = http::routes(app.clone())
+        .merge(admin::files(&app.state.config))
         .layer(layer)
         .layer(compression(app.state.config.http_compression_threshold))
         // Engine sessions are counted from their handshake, before the Socket.IO layer.
@@ -176,11 +178,16 @@ pub async fn serve(
     http::admission::fit_to_descriptors(&mut config);
     let mut state = AppState::new(config, verifier, store)?;
     tracing::info!(documents = state.objects.name(), "document storage ready");
+    let dashboard = admin::Dashboard::from_config(&mut state)?;
     match state.config.redis_url.clone() {
         None => {
             let (router, app) = app::<LocalAdapter>(Arc::new(state), SocketIo::builder());
             app.io.ns("/", namespace(&app));
-            serve_app(listener, router, app, shutdown).await
+            if let Some(d) = &dashboard {
+                app.io
+                    .ns(admin::NAMESPACE, admin::namespace(&app, d.clone()));
+            }
+            serve_app(listener, router, app, dashboard, shutdown).await
         }
         Some(url) => {
             let timeout = Duration::from_millis(state.config.redis_timeout_ms);
@@ -198,15 +205,43 @@ pub async fn serve(
                 .ns("/", namespace(&app))
                 .await
                 .context("cannot subscribe to the Redis adapter channels")?;
-            serve_app(listener, router, app, shutdown).await
+            if let Some(d) = &dashboard {
+                app.io
+                    .ns(admin::NAMESPACE, admin::namespace(&app, d.clone()))
+                    .await
+                    .context("cannot subscribe to the Redis adapter channels of /admin")?;
+            }
+            // Stops (unsubscribes) when dropped, once the server has stopped.
+            let _emitter = if app.state.config.redis_emitter {
+                Some(start_emitter(&url, timeout, &app).await?)
+            } else {
+                None
+            };
+            serve_app(listener, router, app, dashboard, shutdown).await
         }
     }
+}
+
+/// Delivers `@socket.io/redis-emitter` messages to this instance's clients, counting each.
+async fn start_emitter<A: Adapter>(
+    url: &str,
+    timeout: Duration,
+    app: &App<A>,
+) -> anyhow::Result<cluster::emitter::Emitter> {
+    let state = app.state.clone();
+    state.metrics.register::<cluster::emitter::Outcome>();
+    let prefix = state.config.emitter_channel_prefix();
+    cluster::emitter::Emitter::start(url, timeout, &prefix, app.io.clone(), move |o| {
+        state.metrics.count(o)
+    })
+    .await
 }
 
 async fn serve_app<A: Adapter>(
     listener: TcpListener,
     router: Router,
     app: App<A>,
+    dashboard: Option<Arc<admin::Dashboard>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     log_startup(&app.state, listener.local_addr()?);
@@ -216,6 +251,9 @@ async fn serve_app<A: Adapter>(
     loops.spawn(purge_expired_every(app.state.clone()));
     loops.spawn(handlers::documents::sweep_every(app.state.clone()));
     loops.spawn(handlers::presence::run(app.clone()));
+    if let Some(d) = dashboard {
+        loops.spawn(admin::run(app.clone(), d));
+    }
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<Duration>();
     let stopping = {
         let app = app.clone();

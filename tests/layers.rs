@@ -29,8 +29,8 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     // Client events.
     &["handlers"],
-    // A socket's life and the HTTP surface.
-    &["connection", "http"],
+    // A socket's life, the HTTP surface, the admin dashboard.
+    &["connection", "http", "admin"],
     // Wiring.
     &["server"],
 ];

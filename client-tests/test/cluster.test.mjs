@@ -1,20 +1,32 @@
-// Three instances behind one Redis behave as one server (issue: scale-out).
+// Three instances behind one Redis behave as one server (issue: scale-out), on a Redis server
+// and on a Redis Cluster of three masters (issue 15).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { API_KEY, apiEmit, assertErrorAck, connectAs, emitAck, expectNoEvent, uniq, waitFor } from './helpers.mjs';
-import { startCluster, startRedis } from './services.mjs';
+import { API_KEY, IS_REFERENCE, apiEmit, assertErrorAck, connectAs, emitAck, expectNoEvent, uniq, waitFor } from './helpers.mjs';
+import { startCluster, startRedis, startRedisCluster } from './services.mjs';
 
-describe('three instances, one Redis', () => {
+// The same scenarios on one Redis server and on a Redis Cluster (REDIS_URL redis-cluster://…).
+const backends = [
+  { name: 'one Redis', start: () => startRedis() },
+  { name: 'a Redis Cluster of three masters', start: () => startRedisCluster(), skip: IS_REFERENCE && 'Trestle only' },
+];
+
+for (const backend of backends) describe(`three instances, ${backend.name}`, { skip: backend.skip }, () => {
+  let redis;
   let cluster;
   let A;
   let B;
   let C;
   before(async () => {
-    cluster = await startCluster(3, { MAX_ROOM_SIZE: 2 });
+    redis = await backend.start();
+    cluster = await startCluster(3, { MAX_ROOM_SIZE: 2 }, redis);
     [A, B, C] = cluster.instances;
   });
-  after(() => cluster.stop());
+  after(async () => {
+    await cluster?.stop();
+    await redis?.stop();
+  });
 
   test('POST /api/emit on C reaches clients on A and B', async () => {
     const p = uniq('p');
@@ -103,8 +115,8 @@ describe('REDIS_PREFIX: two deployments on one Redis', () => {
     const cli = (...args) => execFileSync('redis-cli', ['-p', String(redis.port), '--raw', ...args], { encoding: 'utf8' }).split('\n').filter(Boolean);
     const keys = cli('KEYS', '*');
     const channels = [...cli('PUBSUB', 'CHANNELS'), ...cli('PUBSUB', 'SHARDCHANNELS')];
-    assert.ok(keys.some((k) => k.startsWith('staging:trestle:presence:')), `keys: ${keys}`);
-    assert.ok(keys.some((k) => k.startsWith('prod:trestle:presence:')), `keys: ${keys}`);
+    assert.ok(keys.some((k) => k.startsWith('staging:{trestle:presence}:')), `keys: ${keys}`);
+    assert.ok(keys.some((k) => k.startsWith('prod:{trestle:presence}:')), `keys: ${keys}`);
     assert.ok(channels.some((c) => c.startsWith('staging:socket.io')), `channels: ${channels}`);
     const stray = [...keys, ...channels].filter((n) => !n.startsWith('staging:') && !n.startsWith('prod:'));
     assert.deepEqual(stray, [], 'keys or channels without a prefix');

@@ -1,10 +1,12 @@
 // Sections 4 (set_status, user_active, get_presence), 6 (Presence) and 10 (Presence, Names,
 // ids, times): status_change on the first connect, set_status, offline after the grace period
 // with lastSeen the last disconnect, no flapping on a reload or a second socket, get_presence,
-// user_active; on one instance, across three instances, and after an instance crashes.
+// user_active; on one instance, across three instances, and after an instance crashes (the
+// last two on one Redis server and on a Redis Cluster).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import {
+  IS_REFERENCE,
   ISO_UTC,
   assertErrorAck,
   assertRecentIso,
@@ -17,7 +19,7 @@ import {
   uniq,
   waitFor,
 } from './helpers.mjs';
-import { startCluster } from './services.mjs';
+import { startCluster, startRedis, startRedisCluster } from './services.mjs';
 
 const { start } = serverPool(after);
 
@@ -413,16 +415,36 @@ describe('presence, default grace period (5 s)', () => {
   });
 });
 
-describe(`presence, three instances and Redis (PRESENCE_GRACE_MS=${GRACE})`, () => {
-  let cluster;
+// The cluster scenarios run on one Redis server and on a Redis Cluster, where every script
+// must find its keys in one hash slot.
+const backends = [
+  { name: 'Redis', start: () => startRedis() },
+  { name: 'a Redis Cluster', start: () => startRedisCluster(), skip: IS_REFERENCE && 'Trestle only' },
+];
+
+/** Three instances on a Redis of `backend`'s kind, stopped with the describe. */
+function threeInstances(backend) {
+  const c = { instances: [] };
+  before(async () => {
+    c.redis = await backend.start();
+    c.cluster = await startCluster(3, { PRESENCE_GRACE_MS: GRACE }, c.redis);
+    c.instances = c.cluster.instances;
+  });
+  after(async () => {
+    await c.cluster?.stop();
+    await c.redis?.stop();
+  });
+  return c;
+}
+
+for (const backend of backends) describe(`presence, three instances and ${backend.name} (PRESENCE_GRACE_MS=${GRACE})`, { skip: backend.skip }, () => {
+  const cluster = threeInstances(backend);
   let A;
   let B;
   let C;
-  before(async () => {
-    cluster = await startCluster(3, { PRESENCE_GRACE_MS: GRACE });
+  before(() => {
     [A, B, C] = cluster.instances;
   });
-  after(() => cluster.stop());
 
   test('first connect on A: watchers on B and C get one status_change online each, by project, team and presence room', async () => {
     const p = uniq('p');
@@ -553,12 +575,8 @@ describe(`presence, three instances and Redis (PRESENCE_GRACE_MS=${GRACE})`, () 
   });
 });
 
-describe(`presence after an instance crash (three instances, PRESENCE_GRACE_MS=${GRACE})`, () => {
-  let cluster;
-  before(async () => {
-    cluster = await startCluster(3, { PRESENCE_GRACE_MS: GRACE });
-  });
-  after(() => cluster.stop());
+for (const backend of backends) describe(`presence after an instance crash (three instances, ${backend.name}, PRESENCE_GRACE_MS=${GRACE})`, { skip: backend.skip }, () => {
+  const cluster = threeInstances(backend);
 
   test('kill -9 of A: its only-there user goes offline within 30 s; a user with a socket on B stays online', async (t) => {
     const [A, B, C] = cluster.instances;

@@ -8,6 +8,7 @@
 //! (`limits`), the `metrics_update` subscribers (`metrics`).
 
 mod deliveries;
+mod feed;
 
 use std::{
     sync::{
@@ -20,6 +21,7 @@ use std::{
 use socketioxide::{SocketIo, adapter::Adapter};
 
 pub use self::deliveries::{Deliveries, UserTurn};
+pub use self::feed::{SocketChange, SocketFeed};
 use crate::{
     access::Access,
     auth::{AuthError, Verifier},
@@ -63,6 +65,9 @@ pub struct AppState {
     pub budgets: EventBudgets,
     /// Offline deliveries under way, one per user, and whether the database is answering.
     pub deliveries: Deliveries,
+    /// Sockets' connections, rooms and disconnections, for the admin dashboard (off
+    /// unless it follows sockets: `ADMIN_UI_MODE=development`).
+    pub socket_feed: SocketFeed,
     /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
     /// both take the last place. (Offline delivery has a lock per user of its own,
     /// [`AppState::deliveries`], since it waits on the database.)
@@ -99,6 +104,7 @@ impl AppState {
                 config.rate_limit_disconnect_after,
             ),
             deliveries: Default::default(),
+            socket_feed: SocketFeed::default(),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })

@@ -23,7 +23,9 @@ use fred::{
     clients::{Client, SubscriberClient},
     error::{Error as FredError, ErrorKind},
     interfaces::ClientLike,
+    types::config::Options,
 };
+use futures_util::future::join_all;
 use tokio::sync::{Notify, watch};
 
 /// While Redis is up, how often the probe PINGs it even when no command failed, so a hung
@@ -146,8 +148,31 @@ impl Link {
     }
 }
 
-/// Whether `client` answers a PING within `timeout`.
-async fn pong(client: &impl ClientLike, timeout: Duration) -> bool {
+/// Whether `client` answers a PING within `timeout`. On a Redis Cluster, every node it is
+/// connected to must answer: a PING names no key, so fred sends it to any one node, and a
+/// hung node would go unseen while the commands routed to it time out. (A node that is
+/// gone shows without a PING: fred then reconnects the whole client, which is not
+/// connected meanwhile.)
+async fn pong<C: ClientLike>(client: &C, timeout: Duration) -> bool {
+    if !client.is_clustered() {
+        return ping(client, timeout).await;
+    }
+    let pings = client
+        .active_connections()
+        .into_iter()
+        .map(|server| async move {
+            let options = Options {
+                cluster_node: Some(server),
+                ..Options::default()
+            };
+            ping(&client.with_options(&options), timeout).await
+        });
+    let answers = join_all(pings).await;
+    !answers.is_empty() && answers.into_iter().all(|ok| ok)
+}
+
+/// Whether the node `client` sends a PING to answers within `timeout`.
+async fn ping(client: &impl ClientLike, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, client.ping::<String>(None)).await,
         Ok(Ok(_))

@@ -13,6 +13,14 @@
 //! and one missed deadline marks Redis down for every caller), [`emit`] delivers to this
 //! instance's sockets only and [`count`] counts them, so local users keep working, while
 //! [`emit_everywhere`] (`/api/emit`) refuses, so the publisher knows to retry.
+//!
+//! On a Redis Cluster (`REDIS_URL` `redis-cluster://host:port?node=host:port…`, fred's
+//! form) nothing changes above: fred sends each shard channel's `SSUBSCRIBE` and
+//! `SPUBLISH` to the node serving its slot, so a `SPUBLISH`'s receiver count is every
+//! instance subscribed to that channel, as the adapter's broadcast check needs; the
+//! presence keys share one slot ([`presence`]); the probe PINGs every node ([`link`]). A
+//! node that is gone makes fred reconnect the whole client, so Redis is down for Trestle
+//! until the node, or a replica promoted in its place, serves its slots again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,6 +35,7 @@ use serde::Serialize;
 use socketioxide::{BroadcastError, adapter::Adapter, operators::BroadcastOperators};
 use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr, drivers::fred::FredDriver};
 
+pub mod emitter;
 pub mod link;
 pub mod presence;
 
@@ -164,7 +173,9 @@ pub async fn connect(
     ))
 }
 
-/// Subscribes the tracked shard channels again after every reconnect. fred's own
+/// Subscribes the tracked shard channels again after every reconnect (on a Redis Cluster,
+/// every node's: a channel already subscribed on a node that stayed up is subscribed again
+/// harmlessly). fred's own
 /// `manage_subscriptions` cannot be used: its `resubscribe_all` sends a `SUBSCRIBE` with no
 /// channel when only shard channels are tracked (the adapter uses sharded pub/sub), Redis
 /// refuses it, and the shard channels are never subscribed again.

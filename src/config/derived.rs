@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use super::Config;
 
+/// Highest bcrypt cost accepted for the dashboard's password: each step doubles a login's
+/// CPU time, and 14 is already about a second on one core.
+const MAX_ADMIN_UI_COST: u32 = 14;
+
 impl Config {
     /// The upload `chunkSize` in force: `UPLOAD_CHUNK_SIZE`, lowered when it would not fit
     /// in `MAX_MESSAGE_BYTES`. Over long-polling a binary chunk travels base64-encoded
@@ -92,6 +96,15 @@ impl Config {
                 .filter(|(v, _)| *v == 0)
                 .map(|(_, m)| (*m).to_owned()),
         );
+        // The presence keys' hash tag is the first `{…}` of their names: one in the prefix
+        // would be hashed instead, and `{}` would leave the keys spread over the slots.
+        if self.redis_prefix.contains(['{', '}']) {
+            warnings.push(
+                "REDIS_PREFIX contains a brace: on a Redis Cluster, the presence keys may not \
+                 share one hash slot, and presence then fails with CROSSSLOT"
+                    .into(),
+            );
+        }
         if self.upload_chunk_bytes() < self.upload_chunk_size {
             warnings.push(format!(
                 "UPLOAD_CHUNK_SIZE lowered from {} to {} bytes: a larger chunk, base64-encoded \
@@ -104,15 +117,53 @@ impl Config {
         warnings
     }
 
+    /// The admin dashboard's user name and bcrypt hash, when both are set; `Err` when only
+    /// one is, or the hash is not one bcrypt (bcryptjs included) writes, or is so costly that
+    /// every login would take seconds: a dashboard half configured would be off silently.
+    pub fn admin_ui_login(&self) -> Result<Option<(&str, &str)>, String> {
+        let (user, hash) = match (&self.admin_ui_username, &self.admin_ui_password_hash) {
+            (None, None) => return Ok(None),
+            (Some(u), Some(h)) => (u.as_str(), h.as_str()),
+            _ => {
+                return Err(
+                    "ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD_HASH must be set together \
+                            (or neither, for no admin dashboard)"
+                        .into(),
+                );
+            }
+        };
+        let parts: bcrypt::HashParts = hash
+            .parse()
+            .map_err(|_| "ADMIN_UI_PASSWORD_HASH is not a bcrypt hash ($2a$, $2b$ or $2y$)")?;
+        if !(4..=MAX_ADMIN_UI_COST).contains(&parts.get_cost()) {
+            return Err(format!(
+                "ADMIN_UI_PASSWORD_HASH has cost {}: from 4 to {MAX_ADMIN_UI_COST} (10 is usual)",
+                parts.get_cost()
+            ));
+        }
+        Ok(Some((user, hash)))
+    }
+
     /// The socketioxide-redis adapter's channel prefix (its default, `socket.io`, behind
     /// `REDIS_PREFIX`).
     pub fn adapter_channel_prefix(&self) -> String {
         format!("{}socket.io", self.redis_prefix)
     }
 
-    /// Where the presence registry keeps its keys in Redis.
+    /// The channel prefix of `@socket.io/redis-emitter` messages: `REDIS_EMITTER_PREFIX`,
+    /// else the Node adapter's of this deployment, `socket.io` behind `REDIS_PREFIX` (the
+    /// emitter's default `key` when there is no `REDIS_PREFIX`).
+    pub fn emitter_channel_prefix(&self) -> String {
+        self.redis_emitter_prefix
+            .clone()
+            .unwrap_or_else(|| self.adapter_channel_prefix())
+    }
+
+    /// Where the presence registry keeps its keys in Redis. The hash tag `{trestle:presence}`
+    /// puts every presence key in one hash slot of a Redis Cluster: several scripts touch
+    /// keys of many users and instances at once, which a cluster allows only within a slot.
     pub fn presence_key_prefix(&self) -> String {
-        format!("{}trestle:presence:", self.redis_prefix)
+        format!("{}{{trestle:presence}}:", self.redis_prefix)
     }
 
     /// The ping interval as a duration.
@@ -195,6 +246,60 @@ mod tests {
         assert_eq!(ours.max_binary_attachments, theirs.max_binary_attachments);
         // Trestle closes a session without a CONNECT sooner (issue 13, admission).
         assert!(ours.connect_timeout < theirs.connect_timeout);
+    }
+
+    #[test]
+    fn the_admin_login_is_both_settings_or_neither_with_a_bcrypt_hash() {
+        // bcryptjs's `hashSync('s3cret-pass', 4)`.
+        let hash = "$2a$04$WojnGeBkfEf.8/KQxusTS.auEzGMj7OMaLu5pcBgcv2AdG7MOenRy";
+        let login = |args: &[&str]| {
+            let cfg = Config::parse_from([&["trestle"], args].concat());
+            cfg.admin_ui_login()
+                .map(|l| l.map(|(u, h)| (u.to_owned(), h.to_owned())))
+        };
+        assert_eq!(login(&[]), Ok(None));
+        let both = login(&[
+            "--admin-ui-username",
+            "ops",
+            "--admin-ui-password-hash",
+            hash,
+        ]);
+        assert_eq!(both, Ok(Some(("ops".into(), hash.into()))));
+        assert!(login(&["--admin-ui-username", "ops"]).is_err());
+        assert!(login(&["--admin-ui-password-hash", hash]).is_err());
+        for bad in [
+            "s3cret-pass",
+            "$2a$04$short",
+            "$2a$15$WojnGeBkfEf.8/KQxusTS.auEzGMj7OMaLu5pcBgcv2AdG7MOenRy",
+        ] {
+            let r = login(&[
+                "--admin-ui-username",
+                "ops",
+                "--admin-ui-password-hash",
+                bad,
+            ]);
+            assert!(r.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_brace_in_the_redis_prefix_is_warned_about() {
+        let brace = |cfg: &Config| cfg.warnings().iter().any(|w| w.contains("REDIS_PREFIX"));
+        assert!(!brace(&Config::parse_from([
+            "trestle",
+            "--redis-prefix",
+            "staging:"
+        ])));
+        assert!(brace(&Config::parse_from([
+            "trestle",
+            "--redis-prefix",
+            "a{}:"
+        ])));
+        assert!(brace(&Config::parse_from([
+            "trestle",
+            "--redis-prefix",
+            "{staging}:"
+        ])));
     }
 
     #[test]

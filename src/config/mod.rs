@@ -20,6 +20,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the admin dashboard is told (`ADMIN_UI_MODE`), as admin-ui's `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AdminUiMode {
+    /// Server statistics only.
+    Production,
+    /// Server statistics, every socket and its rooms, and their changes as they happen.
+    Development,
+}
+
 /// Trestle: a Socket.IO v4 server for the construction-project collaboration product.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -176,12 +185,14 @@ pub struct Config {
     pub max_binary_attachments: usize,
 
     /// Redis URL (Redis 7 or later). Set: instances share rooms and emits through Redis.
-    /// Unset: a single instance with the in-memory adapter.
+    /// Unset: a single instance with the in-memory adapter. A Redis Cluster is named
+    /// `redis-cluster://host:port?node=host2:port2&node=host3:port3` (`rediss-cluster://`
+    /// with TLS): any one node is enough, more are tried in turn at start.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Prepended to every Redis key and channel Trestle uses (the adapter's `socket.io…`
-    /// channels, the `trestle:presence:…` keys), so that deployments sharing one Redis
+    /// channels, the `{trestle:presence}:…` keys), so that deployments sharing one Redis
     /// stay apart. Instances of one cluster need the same prefix.
     #[arg(long, env = "REDIS_PREFIX", default_value = "", value_parser = redis_prefix)]
     pub redis_prefix: String,
@@ -194,6 +205,18 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub redis_timeout_ms: u64,
+
+    /// With `REDIS_URL`: also deliver what the main backend publishes with the Node
+    /// `@socket.io/redis-emitter` (emits to rooms, socket ids, everyone) to this instance's
+    /// clients. `false`: those channels are not subscribed.
+    #[arg(long, env = "REDIS_EMITTER", default_value_t = true, action = clap::ArgAction::Set, value_parser = boolish())]
+    pub redis_emitter: bool,
+
+    /// The emitter's channel prefix (its `key` option, `socket.io` by default there). Unset:
+    /// `REDIS_PREFIX` followed by `socket.io`, the Node adapter's channels of this
+    /// deployment.
+    #[arg(long, env = "REDIS_EMITTER_PREFIX", value_parser = redis_prefix)]
+    pub redis_emitter_prefix: Option<String>,
 
     /// Database: `postgres://…` for several instances, or `sqlite://…`. Default: a SQLite
     /// file `trestle.db` under `DATA_DIR` (one instance only).
@@ -325,6 +348,39 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_RECONNECT_DELAY_MS", default_value_t = 5_000)]
     pub shutdown_reconnect_delay_ms: u64,
 
+    /// User name of the admin dashboard (`@socket.io/admin-ui`). With
+    /// `ADMIN_UI_PASSWORD_HASH` it turns on the `/admin` namespace; unset, `/admin` does not
+    /// exist (`Invalid namespace`).
+    #[arg(long, env = "ADMIN_UI_USERNAME")]
+    pub admin_ui_username: Option<String>,
+
+    /// bcrypt hash of the admin dashboard's password (`$2a$`, `$2b$` or `$2y$`, as
+    /// admin-ui's `auth.password`: `node -e "console.log(require('bcryptjs').hashSync('pw', 10))"`).
+    #[arg(long, env = "ADMIN_UI_PASSWORD_HASH", hide_env_values = true)]
+    pub admin_ui_password_hash: Option<String>,
+
+    /// `production`: the dashboard gets server statistics (sockets per namespace,
+    /// connections per second) only. `development`: also every socket with its rooms when
+    /// it connects, and each connection, room change and disconnection, from every
+    /// instance (an adapter broadcast each; admin-ui's `mode`).
+    #[arg(long, env = "ADMIN_UI_MODE", value_enum, default_value_t = AdminUiMode::Production)]
+    pub admin_ui_mode: AdminUiMode,
+
+    /// The dashboard may only look: no emit, join, leave or disconnect commands
+    /// (admin-ui's `readonly`).
+    #[arg(long, env = "ADMIN_UI_READONLY", default_value_t = false, action = clap::ArgAction::Set, value_parser = boolish())]
+    pub admin_ui_readonly: bool,
+
+    /// Folder of the dashboard's files, to serve them at `ADMIN_UI_PATH` rather than use
+    /// the hosted admin.socket.io: `node_modules/@socket.io/admin-ui/ui/dist` of the npm
+    /// package. Unset: no files are served.
+    #[arg(long, env = "ADMIN_UI_STATIC_DIR")]
+    pub admin_ui_static_dir: Option<PathBuf>,
+
+    /// URL path the dashboard's files are served at, when `ADMIN_UI_STATIC_DIR` is set.
+    #[arg(long, env = "ADMIN_UI_PATH", default_value = "/admin-ui")]
+    pub admin_ui_path: String,
+
     /// Log format: `pretty` or `json`. Levels come from `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -380,6 +436,9 @@ impl Config {
         cfg.documents_dir = None;
         cfg.access_hook_url = None;
         cfg.documents_url = None;
+        cfg.admin_ui_username = None;
+        cfg.admin_ui_password_hash = None;
+        cfg.admin_ui_static_dir = None;
         cfg
     }
 }
@@ -414,10 +473,13 @@ mod tests {
     fn redis_prefix_goes_before_every_name() {
         let cfg = Config::parse_from(["trestle"]);
         assert_eq!(cfg.adapter_channel_prefix(), "socket.io");
-        assert_eq!(cfg.presence_key_prefix(), "trestle:presence:");
+        assert_eq!(cfg.presence_key_prefix(), "{trestle:presence}:");
         let cfg = Config::parse_from(["trestle", "--redis-prefix", "staging:"]);
         assert_eq!(cfg.adapter_channel_prefix(), "staging:socket.io");
-        assert_eq!(cfg.presence_key_prefix(), "staging:trestle:presence:");
+        assert_eq!(cfg.presence_key_prefix(), "staging:{trestle:presence}:");
+        assert_eq!(cfg.emitter_channel_prefix(), "staging:socket.io");
+        let cfg = Config::parse_from(["trestle", "--redis-emitter-prefix", "backend"]);
+        assert_eq!(cfg.emitter_channel_prefix(), "backend");
         assert!(Config::try_parse_from(["trestle", "--redis-prefix", "a b"]).is_err());
         assert!(Config::try_parse_from(["trestle", "--redis-prefix", &"x".repeat(65)]).is_err());
     }

@@ -31,44 +31,6 @@ use socketioxide_core::Value;
 
 use crate::{app::App, error::AppError, events::ClientEvent, session::Conn};
 
-/// Event names Socket.IO reserves for itself: neither clients nor the publish API may
-/// send them.
-pub const SOCKETIO_RESERVED: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
-
-/// Every event the server sends of its own accord (contract sections 4 to 7). Clients may
-/// not broadcast these, so no client can forge one.
-pub const SERVER_EVENTS: &[&str] = &[
-    "user_joined",
-    "user_left",
-    "new_comment",
-    "comment_updated",
-    "comment_deleted",
-    "mention",
-    "typing_comment",
-    "typing_stopped",
-    "status_change",
-    "user_active",
-    "task_updated",
-    "user_activity",
-    "time_tracking_updated",
-    "direct_message",
-    "upload_progress",
-    "document_uploaded",
-    "document_chunk",
-    "document_complete",
-    "metrics_update",
-    "server_shutdown",
-    "resource_updated",
-    "notification",
-];
-
 /// An id (user, project, task, comment) from a payload field: a string or an integer of
 /// the id alphabet, else `INVALID_PAYLOAD` naming the field. Typed payloads take
 /// [`crate::rooms::Id`] fields instead, with the same answer (see [`Cx::payload`]).

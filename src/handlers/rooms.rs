@@ -6,12 +6,13 @@ use serde_json::{Value as Json, json};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 use socketioxide_core::Value;
 
-use super::{Cx, SERVER_EVENTS, SOCKETIO_RESERVED, ToRooms};
+use super::{Cx, ToRooms};
 use crate::{
     app::AppState,
     auth::User,
     cluster,
     error::{AppError, Code},
+    events::{SERVER_EVENTS, SOCKETIO_RESERVED},
     rooms::Room,
     session::conn_of,
 };
@@ -104,6 +105,7 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
             return Err(AppError::new(Code::RoomFull, "Room is full"));
         }
         cx.socket.join(name.clone());
+        cx.app.state.socket_feed.joined(cx.socket.id, &name);
         size + 1
     };
     cx.conn
@@ -129,6 +131,7 @@ pub async fn leave_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result
         return Ok(json!({ "room": name }));
     }
     cx.socket.leave(name.clone());
+    cx.app.state.socket_feed.left(cx.socket.id, &name);
     cx.conn
         .joined
         .lock()

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{adapter::Adapter, socket::Sid};
 
-use crate::{app::App, cluster, handlers::SOCKETIO_RESERVED, rooms::Room};
+use crate::{app::App, cluster, events, rooms::Room};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1_000_000;
@@ -115,10 +115,7 @@ pub async fn api_emit<A: Adapter>(State(app): State<App<A>>, req: Request) -> Re
             "except must be an array of room names or socket ids",
         );
     }
-    if request.event.is_empty()
-        || request.event.len() > 128
-        || SOCKETIO_RESERVED.contains(&request.event.as_str())
-    {
+    if !events::publishable(&request.event) {
         return error(
             StatusCode::BAD_REQUEST,
             "event must be a non-reserved name of 1 to 128 characters",

@@ -4,13 +4,13 @@
 //! process. With it, the registry lives in Redis and every change is one Lua script (one
 //! round trip, atomic), so two instances never both announce the same transition:
 //!
-//! - `user:{u}` (hash): `status`, `lastSeen`, `leftAt` (last disconnect while the grace
+//! - `user:<u>` (hash): `status`, `lastSeen`, `leftAt` (last disconnect while the grace
 //!   period runs), `targets` (the rooms a change goes to, as JSON), `location`.
-//! - `socks:{u}` (set): the user's live socket ids, on every instance.
+//! - `socks:<u>` (set): the user's live socket ids, on every instance.
 //! - `pending` (sorted set): users whose last socket is gone, scored by when they become
 //!   offline. Whichever instance's tick removes a user from it announces the change.
-//! - `inst:{id}` (string with a TTL): this instance is alive; refreshed by [`Registry::heartbeat`].
-//! - `inst:{id}:socks` (hash): the sockets an instance registered, socket id → user, so
+//! - `inst:<id>` (string with a TTL): this instance is alive; refreshed by [`Registry::heartbeat`].
+//! - `inst:<id>:socks` (hash): the sockets an instance registered, socket id → user, so
 //!   that when an instance dies without a word ([`Registry::reap`]) the survivors remove
 //!   them and its users go offline.
 //! - `instances` (hash): instance id → time of its last heartbeat.
@@ -26,8 +26,14 @@
 //! or one whose coming online was never announced (connected while Redis was down) is
 //! announced. Every Redis call goes through the [`Link`] (deadline, fail fast while down).
 //!
-//! The scripts build some key names from the prefix, so presence needs one Redis server
-//! (not Redis Cluster), like the adapter's request/response channels in practice.
+//! Every key starts with the prefix `{trestle:presence}:` (after `REDIS_PREFIX`), whose hash
+//! tag puts them all in one hash slot, so the scripts work on a Redis Cluster too: several
+//! touch many users' keys at once (`pending` and the keys of each user it names, an
+//! instance's sockets and their users), and build some key names inside the script from
+//! the prefix, which a cluster allows only within the slot of the keys declared. Per-user
+//! tags would spread the keys but split those scripts into one call per user, losing the
+//! atomicity that keeps two instances from announcing the same change; presence is a few
+//! small keys per online user, which one shard carries easily.
 
 use std::{sync::Mutex, time::Duration};
 

@@ -4,7 +4,7 @@
 use fred::types::scripts::Script;
 
 // Registers sockets of one user (a new one, or those Redis lost), with the status this
-// instance knows for the user. KEYS: user:{u}, socks:{u}, inst:{id}:socks, pending. ARGV:
+// instance knows for the user. KEYS: user:<u>, socks:<u>, inst:<id>:socks, pending. ARGV:
 // user, known status, known since, targets, overwrite ('1': a known status newer than the
 // stored one wins), now, socket ids... Returns {code, status, since}: code 0 when the
 // stored status stands (online or away), 1 when the user was offline and now has the known
@@ -12,7 +12,7 @@ use fred::types::scripts::Script;
 // only if the known status was never announced).
 pub(super) const RESTORE: &str = include_str!("lua/restore.lua");
 
-// KEYS: socks:{u} of each user. Returns 1 for each user with a socket anywhere, else 0.
+// KEYS: socks:<u> of each user. Returns 1 for each user with a socket anywhere, else 0.
 pub(super) const ONLINE: &str = include_str!("lua/online.lua");
 
 pub(super) const DISCONNECT: &str = include_str!("lua/disconnect.lua");
@@ -26,7 +26,7 @@ pub(super) const GET: &str = include_str!("lua/get.lua");
 // KEYS: pending. ARGV: prefix, now, batch, retention ms.
 pub(super) const CLAIM_DUE: &str = include_str!("lua/claim_due.lua");
 
-// KEYS: inst:{id}, instances. ARGV: id, now, ttl ms. Returns whether the instance was
+// KEYS: inst:<id>, instances. ARGV: id, now, ttl ms. Returns whether the instance was
 // still registered.
 pub(super) const HEARTBEAT_SCRIPT: &str = include_str!("lua/heartbeat.lua");
 
@@ -34,7 +34,7 @@ pub(super) const HEARTBEAT_SCRIPT: &str = include_str!("lua/heartbeat.lua");
 // dead instances this caller now reaps.
 pub(super) const FIND_DEAD: &str = include_str!("lua/find_dead.lua");
 
-// Removes one batch of an instance's sockets. KEYS: inst:{id}:socks, pending, instances.
+// Removes one batch of an instance's sockets. KEYS: inst:<id>:socks, pending, instances.
 // ARGV: prefix, cursor, left at, due, id. Returns the next cursor; at "0" the instance is
 // forgotten.
 pub(super) const FORGET_BATCH: &str = include_str!("lua/forget_batch.lua");
