@@ -240,16 +240,21 @@ impl Metrics {
 
     /// Counts one `value` in its counter.
     pub fn count<L: LabelValues>(&self, value: L) {
-        self.count_label(L::COUNTER, L::LABEL, value.label());
+        self.add(value, 1);
     }
 
-    fn count_label(&self, name: &'static str, label: &'static str, value: &'static str) {
+    /// Counts `n` of `value` in its counter.
+    pub fn add<L: LabelValues>(&self, value: L, n: u64) {
+        self.count_label(L::COUNTER, L::LABEL, value.label(), n);
+    }
+
+    fn count_label(&self, name: &'static str, label: &'static str, value: &'static str, n: u64) {
         self.recorder
             .register_counter(
                 &Key::from_parts(name, vec![Label::new(label, value)]),
                 &METADATA,
             )
-            .increment(1);
+            .increment(n);
     }
 
     /// A socket finished connecting.
@@ -259,7 +264,7 @@ impl Metrics {
 
     /// A connected socket went away, for `reason`.
     pub fn disconnected(&self, reason: &'static str) {
-        self.count_label("trestle_disconnects_total", "reason", reason);
+        self.count_label("trestle_disconnects_total", "reason", reason, 1);
     }
 
     /// A client event arrived (`None`: an event name the server does not handle).

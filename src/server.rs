@@ -231,8 +231,8 @@ async fn start_emitter<A: Adapter>(
     let state = app.state.clone();
     state.metrics.register::<cluster::emitter::Outcome>();
     let prefix = state.config.emitter_channel_prefix();
-    cluster::emitter::Emitter::start(url, timeout, &prefix, app.io.clone(), move |o| {
-        state.metrics.count(o)
+    cluster::emitter::Emitter::start(url, timeout, &prefix, app.io.clone(), move |o, n| {
+        state.metrics.add(o, n)
     })
     .await
 }

@@ -77,10 +77,12 @@ impl Dashboard {
         if let Some(dir) = &cfg.admin_ui_static_dir {
             check_files(dir, &cfg.admin_ui_path)?;
         }
-        let (feed, changes) = SocketFeed::channel();
+        let follow = cfg.admin_ui_mode == AdminUiMode::Development;
+        // Rooms are shown only to a dashboard that follows sockets.
+        let (feed, changes) = SocketFeed::channel(follow);
         let dashboard = Dashboard {
             login: Login::new(user, hash, login::CHECKS_AT_ONCE, login::WAIT),
-            follow: cfg.admin_ui_mode == AdminUiMode::Development,
+            follow,
             readonly: cfg.admin_ui_readonly,
             changes: Mutex::new(Some(changes)),
             tally: Tally::default(),

@@ -114,6 +114,7 @@ pub async fn all<A: Adapter>(app: &App<A>) -> Vec<Json> {
         .map(|s| local(s, trust_proxy))
         .collect();
     let here: HashSet<Sid> = here.iter().map(|s| s.id).collect();
+    // An operator is spent by its call: a second one for the cluster-wide listing.
     let everywhere = match app.io.of(MAIN).map(|m| m.fetch_sockets()) {
         Some(f) => f.await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "admin dashboard: could not list other instances' sockets");

@@ -34,15 +34,27 @@ pub enum SocketChange {
     },
 }
 
-/// Where socket changes are published: nowhere (off), or a bounded queue.
+/// Where socket changes are published: nowhere (off), or a bounded queue; with or without
+/// the rooms (joins, leaves, the rooms of a disconnected socket).
 #[derive(Debug, Clone, Default)]
-pub struct SocketFeed(Option<mpsc::Sender<SocketChange>>);
+pub struct SocketFeed {
+    tx: Option<mpsc::Sender<SocketChange>>,
+    rooms: bool,
+}
 
 impl SocketFeed {
-    /// A feed that is on, and the receiving end of its queue.
-    pub fn channel() -> (Self, mpsc::Receiver<SocketChange>) {
+    /// A feed that is on, and the receiving end of its queue. Without `rooms` (a dashboard
+    /// that only counts connections), joins and leaves are not published at all: they cost
+    /// `join_room` one branch, as with the feed off.
+    pub fn channel(rooms: bool) -> (Self, mpsc::Receiver<SocketChange>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        (SocketFeed(Some(tx)), rx)
+        (
+            SocketFeed {
+                tx: Some(tx),
+                rooms,
+            },
+            rx,
+        )
     }
 
     /// `sid` is connected.
@@ -52,26 +64,36 @@ impl SocketFeed {
 
     /// `sid` joined `room`.
     pub fn joined(&self, sid: Sid, room: &str) {
+        if !self.rooms {
+            return;
+        }
         self.publish(|| SocketChange::Joined(sid, room.to_owned()));
     }
 
     /// `sid` left `room`.
     pub fn left(&self, sid: Sid, room: &str) {
+        if !self.rooms {
+            return;
+        }
         self.publish(|| SocketChange::Left(sid, room.to_owned()));
     }
 
-    /// `sid` is gone for `reason`, from the `rooms()` it was in (asked only when on).
+    /// `sid` is gone for `reason`, from the `rooms()` it was in (asked only when the feed is
+    /// on with rooms).
     pub fn disconnected(&self, sid: Sid, reason: &'static str, rooms: impl FnOnce() -> Vec<Room>) {
         self.publish(|| SocketChange::Disconnected {
             sid,
             reason,
-            rooms: rooms().into_iter().map(Room::into_owned).collect(),
+            rooms: match self.rooms {
+                true => rooms().into_iter().map(Room::into_owned).collect(),
+                false => Vec::new(),
+            },
         });
     }
 
     /// Publishes the change `change` builds, which runs only when the feed is on.
     fn publish(&self, change: impl FnOnce() -> SocketChange) {
-        let Some(tx) = &self.0 else { return };
+        let Some(tx) = &self.tx else { return };
         if let Err(mpsc::error::TrySendError::Full(c)) = tx.try_send(change()) {
             tracing::warn!(change = ?c, "admin dashboard behind: a socket change was dropped");
         }
@@ -89,8 +111,23 @@ mod tests {
     }
 
     #[test]
+    fn a_feed_without_rooms_publishes_connections_only() {
+        let (feed, mut rx) = SocketFeed::channel(false);
+        let sid = Sid::new();
+        feed.connected(sid);
+        feed.joined(sid, "project:1");
+        feed.left(sid, "project:1");
+        feed.disconnected(sid, "r", || unreachable!("rooms asked without rooms"));
+        assert_eq!(rx.try_recv(), Ok(SocketChange::Connected(sid)));
+        assert!(
+            matches!(rx.try_recv(), Ok(SocketChange::Disconnected { rooms, .. }) if rooms.is_empty())
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
     fn a_full_feed_drops_rather_than_waits() {
-        let (feed, mut rx) = SocketFeed::channel();
+        let (feed, mut rx) = SocketFeed::channel(true);
         let sid = Sid::new();
         for _ in 0..CAPACITY + 10 {
             feed.connected(sid);

@@ -325,11 +325,11 @@ fn timestamp(data: &[u8]) -> Option<time::OffsetDateTime> {
 }
 
 /// Delivers `b` to this instance's sockets in its rooms, not in its excepted rooms.
-async fn deliver<A: Adapter>(io: &SocketIo<A>, b: &Broadcast) -> Result<(), BroadcastError> {
+async fn deliver<A: Adapter>(io: &SocketIo<A>, b: Broadcast) -> Result<(), BroadcastError> {
     let Some(op) = io.of("/") else {
         return Ok(());
     };
-    let mut op = op.local().to(b.rooms.clone()).except(b.except.clone());
+    let mut op = op.local().to(b.rooms).except(b.except);
     if b.volatile {
         op = op.volatile();
     }
@@ -369,14 +369,14 @@ impl Drop for Emitter {
 
 impl Emitter {
     /// Subscribes to the emitter's channels named from `prefix` (its `key` option) on its
-    /// own Redis connection, and delivers what arrives through `io`; `count` records each
-    /// message's [`Outcome`]. Fails when Redis cannot be reached at start-up.
+    /// own Redis connection, and delivers what arrives through `io`; `count` records
+    /// messages' [`Outcome`]s (that many of it). Fails when Redis cannot be reached at start-up.
     pub async fn start<A: Adapter>(
         url: &str,
         timeout: Duration,
         prefix: &str,
         io: SocketIo<A>,
-        count: impl Fn(Outcome) + Send + Sync + 'static,
+        count: impl Fn(Outcome, u64) + Send + Sync + 'static,
     ) -> anyhow::Result<Emitter> {
         let mut builder = super::builder(url, timeout)?;
         builder.with_performance_config(|p| {
@@ -423,7 +423,7 @@ async fn run<A: Adapter>(
     channels: Channels,
     mut messages: tokio::sync::broadcast::Receiver<Message>,
     io: SocketIo<A>,
-    count: Arc<dyn Fn(Outcome) + Send + Sync>,
+    count: Arc<dyn Fn(Outcome, u64) + Send + Sync>,
 ) {
     let mut reconnects = client.reconnect_rx();
     let mut log = Throttled::default();
@@ -440,7 +440,7 @@ async fn run<A: Adapter>(
             },
             m = messages.recv() => match m {
                 Ok(m) if m.kind == MessageKind::PMessage => {
-                    count(handle(&io, &m, &mut log).await);
+                    count(handle(&io, &m, &mut log).await, 1);
                 }
                 Ok(m) if m.channel == channels.requests.as_str() => {
                     if !std::mem::replace(&mut unsupported_logged, true) {
@@ -448,14 +448,12 @@ async fn run<A: Adapter>(
                             "an @socket.io/redis-emitter operation other than emit (socketsJoin, socketsLeave, disconnectSockets, serverSideEmit) was ignored: Trestle supports emits only"
                         );
                     }
-                    count(Outcome::Ignored);
+                    count(Outcome::Ignored, 1);
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     tracing::error!(lost = n, "emitter messages dropped: this instance did not read them in time");
-                    for _ in 0..n {
-                        count(Outcome::Lost);
-                    }
+                    count(Outcome::Lost, n);
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -467,7 +465,7 @@ async fn run<A: Adapter>(
 async fn handle<A: Adapter>(io: &SocketIo<A>, m: &Message, log: &mut Throttled) -> Outcome {
     let bytes = m.value.as_bytes().unwrap_or_default();
     match decode(bytes) {
-        Ok(Decoded::Broadcast(b)) => match deliver(io, &b).await {
+        Ok(Decoded::Broadcast(b)) => match deliver(io, b).await {
             // Some sockets could not take it (slow consumers, being disconnected).
             Ok(()) | Err(BroadcastError::Socket(_)) => Outcome::Delivered,
             Err(e) => {
