@@ -10,6 +10,7 @@ use std::{
     collections::VecDeque,
     net::IpAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use futures_util::{FutureExt, future::BoxFuture};
@@ -18,7 +19,8 @@ use socketioxide::{
     adapter::Adapter,
     extract::{AckSender, Event, SocketRef, TryData},
     handler::{FromConnectParts, FromDisconnectParts, FromMessageParts, MessageHandler},
-    socket::{DisconnectReason, Socket},
+    recovery::{Outcome, SessionStore},
+    socket::{DisconnectReason, Sid, Socket},
 };
 use socketioxide_core::Value;
 
@@ -70,6 +72,9 @@ pub fn admit<A: Adapter>(
         let app = app.clone();
         async move {
             let conn = admit_socket(&app, &socket, auth.ok().as_ref())?;
+            if socket.recovered() {
+                keep_recovered_rooms(&app, &socket, &conn).await;
+            }
             if let Some(lease) = &conn.presence {
                 handlers::presence::connected(&app, &conn.user, lease).await;
             }
@@ -108,7 +113,18 @@ fn admit_socket<A: Adapter>(
         tracing::debug!(sid = %socket.id, reason = e.reason(), "authentication refused");
         Refused(e.to_string())
     })?;
+    // A recovered session goes back to its user only: its socket id, rooms (the user's own
+    // among them) and missed events are not for whoever learned its private session id.
+    // Refused, the session stays for its owner (socketioxide saves it again).
+    if socket.recovered() && socket.recovery_data().as_deref() != Some(user.id.as_str()) {
+        state.metrics.count(AuthError::Failed);
+        tracing::warn!(sid = %socket.id, user = %user.id, "refused to recover another user's session");
+        return Err(Refused(AuthError::Failed.to_string()));
+    }
+    socket.set_recovery_data(user.id.to_string());
 
+    // A recovered socket is back in its rooms already; the automatic ones are joined
+    // again all the same, as the token (perhaps a newer one) grants them now.
     let mut rooms: Vec<String> = crate::access::automatic(&user)
         .iter()
         .map(Room::to_string)
@@ -150,6 +166,36 @@ fn admit_socket<A: Adapter>(
         async move { on_disconnect(app, socket, reason).await }
     });
     Ok(conn)
+}
+
+/// The rooms a recovered socket got back, other than its automatic ones and its own:
+/// those it may still use are its joined rooms again (no `user_joined`: for the others it
+/// never left); those it may no longer use (access revoked, a claim gone from the token)
+/// it leaves, and the others there are told.
+async fn keep_recovered_rooms<A: Adapter>(app: &App<A>, socket: &SocketRef<A>, conn: &Conn) {
+    let autos: Vec<String> = crate::access::automatic(&conn.user)
+        .iter()
+        .map(Room::to_string)
+        .collect();
+    let own = socket.id.to_string();
+    for name in socket.rooms() {
+        if name == own || autos.iter().any(|a| *a == *name) {
+            continue;
+        }
+        let Ok(room) = name.parse::<Room>() else {
+            socket.leave(name.to_string());
+            continue;
+        };
+        if app.state.access.require(&conn.user, &room).await.is_ok() {
+            conn.joined
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(room);
+        } else {
+            socket.leave(name.to_string());
+            handlers::rooms::announce_left(&app.state, socket, &conn.user, &room).await;
+        }
+    }
 }
 
 /// Whose event budget a socket draws from: its user's, or for an anonymous socket (whose
@@ -215,8 +261,19 @@ async fn on_disconnect<A: Adapter>(
     app.state
         .socket_feed
         .disconnected(socket.id, label, || socket.rooms());
+    // A stream or a typing indicator does not outlive its connection, recovered or not:
+    // the client asks for the rest of a stream again (`offset`), and starts typing again.
     conn.streams.cancel_all();
     handlers::typing::stop_all(&app, &socket, &conn).await;
+    if let (Some(at), Some(pid), Some(store)) = (
+        socket.recovery_saved_at(),
+        socket.recovery_pid(),
+        &app.state.recovery,
+    ) && !app.state.is_shutting_down()
+    {
+        park(&app, socket.id, &conn, pid.to_owned(), at, store.clone());
+        return;
+    }
     let socket_ref = SocketRef::from(socket.clone());
     for room in conn.joined_rooms() {
         handlers::rooms::announce_left(&app.state, &socket_ref, &conn.user, &room).await;
@@ -224,6 +281,73 @@ async fn on_disconnect<A: Adapter>(
     if let Some(lease) = &conn.presence {
         handlers::presence::disconnected(lease).await;
     }
+}
+
+/// How long past the recovery window a parked socket waits before asking whether it was
+/// recovered: a restore that began just inside the window is done by then.
+const PARK_MARGIN: Duration = Duration::from_secs(1);
+/// How often, and how long apart, a parked socket asks again when the store does not answer.
+const DISCARD_ATTEMPTS: u32 = 5;
+const DISCARD_RETRY: Duration = Duration::from_secs(2);
+
+/// A socket that went away and may recover its session: for the others it stays in its
+/// rooms and its user online until the window is over. Then, if no client restored the
+/// session, the rooms are told it left and its presence is released, as on any disconnect;
+/// if one did, the recovered socket holds both now. When the server stops first, it is as
+/// if no client restored it (the client may still recover through another instance, and
+/// is announced again there).
+fn park<A: Adapter>(
+    app: &App<A>,
+    sid: Sid,
+    conn: &Conn,
+    pid: String,
+    at: u64,
+    store: Arc<dyn SessionStore>,
+) {
+    let lease = conn.presence.as_ref().and_then(Lease::park);
+    let (user, joined) = (conn.user.clone(), conn.joined_rooms());
+    let wait = store.window() + PARK_MARGIN;
+    let parking = &app.state.parking;
+    let app = app.clone();
+    parking.spawn(move |stopping| async move {
+        let outcome = tokio::select! {
+            _ = tokio::time::sleep(wait) => discard(&*store, &pid, at).await,
+            _ = stopping.wait() => Outcome::Lost,
+        };
+        match outcome {
+            Outcome::Restored => {
+                if let Some(lease) = lease {
+                    lease.forget(app.io.get_socket(sid).is_some());
+                }
+            }
+            Outcome::Lost => {
+                for room in &joined {
+                    handlers::rooms::announce_gone(&app, &user, room).await;
+                }
+                if let Some(lease) = &lease {
+                    handlers::presence::disconnected(lease).await;
+                }
+            }
+        }
+    });
+}
+
+/// Ends the wait for a session; a store that does not answer is asked again a few times,
+/// then the session is taken as lost (its socket's rooms and presence are released).
+async fn discard(store: &dyn SessionStore, pid: &str, at: u64) -> Outcome {
+    for attempt in 1..=DISCARD_ATTEMPTS {
+        match store.discard(pid, at).await {
+            Ok(outcome) => return outcome,
+            Err(e) if attempt < DISCARD_ATTEMPTS => {
+                tracing::debug!(error = %e, "recovery store did not answer; asking again");
+                tokio::time::sleep(DISCARD_RETRY).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery store did not answer; the session is taken as lost")
+            }
+        }
+    }
+    Outcome::Lost
 }
 
 /// Receives every event of a socket, in arrival order (socketioxide calls it from the

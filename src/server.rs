@@ -82,6 +82,7 @@ pub fn socketio_builder<A: Adapter>(builder: SocketIoBuilder<A>, e: &Engine) -> 
 /// and the [`App`] handlers work with. The `/` namespace is registered by the caller,
 /// since registering it with a cluster adapter is an async step that can fail.
 pub fn app<A: Adapter>(state: Arc<AppState>, builder: SocketIoBuilder<A>) -> (Router, App<A>) {
+    let builder = builder.connection_state_recovery(state.recovery.clone());
     let (layer, io) = socketio_builder(builder, &state.config.engine()).build_layer();
     let app = App::new(state, io);
     let origins = Arc::new(http::origin::Origins::from_config(&app.state.config));
@@ -369,6 +370,9 @@ async fn graceful_stop<A: Adapter>(app: &App<A>) {
     // (vendor/README.md) keeps its session until the client has taken its last packets,
     // for at most 5 s; SHUTDOWN_TIMEOUT_MS still bounds the whole stop.
     app.io.close().await;
+    // Sockets that went away before the stop and were waiting to recover: their rooms are
+    // told they left, their presence is handed over with everyone else's below.
+    state.parking.stop().await;
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -9,6 +9,7 @@
 
 mod deliveries;
 mod feed;
+mod parking;
 
 use std::{
     sync::{
@@ -18,10 +19,15 @@ use std::{
     time::Duration,
 };
 
-use socketioxide::{SocketIo, adapter::Adapter};
+use socketioxide::{
+    SocketIo,
+    adapter::Adapter,
+    recovery::{MemoryStore, SessionStore},
+};
 
 pub use self::deliveries::{Deliveries, UserTurn};
 pub use self::feed::{SocketChange, SocketFeed};
+pub use self::parking::{Parking, Stopping};
 use crate::{
     access::Access,
     auth::{AuthError, Verifier},
@@ -68,6 +74,12 @@ pub struct AppState {
     /// Sockets' connections, rooms and disconnections, for the admin dashboard (off
     /// unless it follows sockets: `ADMIN_UI_MODE=development`).
     pub socket_feed: SocketFeed,
+    /// Connection state recovery's events and sessions (`None`: recovery is off): in this
+    /// process, or in Redis once `server` has connected to it.
+    pub recovery: Option<Arc<dyn SessionStore>>,
+    /// Sockets that went away and may recover: their user stays in their rooms and online
+    /// until the recovery window is over.
+    pub parking: Parking,
     /// Striped locks by name: `join_room` holds the room's so two concurrent joins cannot
     /// both take the last place. (Offline delivery has a lock per user of its own,
     /// [`AppState::deliveries`], since it waits on the database.)
@@ -105,6 +117,14 @@ impl AppState {
             ),
             deliveries: Default::default(),
             socket_feed: SocketFeed::default(),
+            recovery: (config.recovery_max_disconnect_ms > 0).then(|| {
+                Arc::new(MemoryStore::new(
+                    Duration::from_millis(config.recovery_max_disconnect_ms),
+                    config.recovery_max_events,
+                    config.recovery_max_replay,
+                )) as Arc<dyn SessionStore>
+            }),
+            parking: Parking::default(),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
         })

@@ -245,6 +245,24 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_GRACE_MS", default_value_t = 5_000)]
     pub presence_grace_ms: u64,
 
+    /// Connection state recovery: a client whose connection dropped (not one that
+    /// disconnected on purpose) and that comes back within this many milliseconds gets its
+    /// socket id, its rooms and the events it missed; meanwhile its user stays online and
+    /// in its rooms. 0 turns recovery off (no `pid` in the CONNECT answer, no offset
+    /// argument on events). With `REDIS_URL` the events and sessions are kept in Redis, so
+    /// the client may come back through another instance.
+    #[arg(long, env = "RECOVERY_MAX_DISCONNECT_MS", default_value_t = 120_000)]
+    pub recovery_max_disconnect_ms: u64,
+
+    /// The most events kept for recovery (in memory, or the Redis stream's approximate
+    /// `MAXLEN`); older ones are dropped, and a client that missed one connects afresh.
+    #[arg(long, env = "RECOVERY_MAX_EVENTS", default_value_t = 100_000)]
+    pub recovery_max_events: usize,
+
+    /// The most events one recovery replays; a client that missed more connects afresh.
+    #[arg(long, env = "RECOVERY_MAX_REPLAY", default_value_t = 10_000)]
+    pub recovery_max_replay: usize,
+
     /// The main backend's access hook, asked (`POST { userId, room }` → `{ allowed }`)
     /// about rooms the token's claims do not grant. Unset: the claims decide alone.
     #[arg(long, env = "ACCESS_HOOK_URL", hide_env_values = true)]

@@ -8,7 +8,7 @@ use socketioxide_core::Value;
 
 use super::{Cx, ToRooms};
 use crate::{
-    app::AppState,
+    app::{App, AppState},
     auth::User,
     cluster,
     error::{AppError, Code},
@@ -148,12 +148,26 @@ pub async fn announce_left<A: Adapter>(
     user: &User,
     room: &Room,
 ) {
+    announce_leave(ToRooms::from_socket(state, socket, room), user, room).await;
+}
+
+/// Tells `room` that `user` left, for a socket that is gone already (one that did not
+/// recover its session in time).
+pub async fn announce_gone<A: Adapter>(app: &App<A>, user: &User, room: &Room) {
+    announce_leave(
+        ToRooms::from_server(app, vec![room.to_string()]),
+        user,
+        room,
+    )
+    .await;
+}
+
+async fn announce_leave<A: Adapter>(to_room: ToRooms<'_, A>, user: &User, room: &Room) {
     let name = room.to_string();
     let notice = Membership {
         user_id: user.id.as_str(),
         room_id: &name,
     };
-    let to_room = ToRooms::from_socket(state, socket, room);
     if let Err(e) = to_room.emit("user_left", &notice).await {
         tracing::warn!(room = %name, error = %e, "could not announce a leave");
     }

@@ -43,6 +43,26 @@ impl Lease {
         self.sid
     }
 
+    /// Moves the registration to a new lease, for the socket's recovery window: this one
+    /// no longer unregisters it when dropped. `None` when it was not registered.
+    pub fn park(&self) -> Option<Lease> {
+        self.held.swap(false, Ordering::AcqRel).then(|| Lease {
+            registry: self.registry.clone(),
+            user: self.user.clone(),
+            sid: self.sid,
+            held: AtomicBool::new(true),
+        })
+    }
+
+    /// Lets go of the registration without unregistering: the socket recovered, and its
+    /// new lease holds the registration now. `here`: whether it recovered on this instance
+    /// (else this instance forgets it, and the one it recovered on keeps it).
+    pub fn forget(&self, here: bool) {
+        if self.held.swap(false, Ordering::AcqRel) && !here {
+            self.registry.forget(&self.sid.to_string());
+        }
+    }
+
     /// Unregisters the socket (once, however often it is called).
     pub async fn release(&self) {
         if self.held.swap(false, Ordering::AcqRel)

@@ -254,6 +254,15 @@ impl Registry {
         }
     }
 
+    /// Forgets socket `sid` here without unregistering it: it went away from this instance
+    /// and recovered its session on another, which registered it again. (With the memory
+    /// backing there is no other instance, and the socket is registered once.)
+    pub fn forget(&self, sid: &str) {
+        if let Backing::Redis(r) = &self.backing {
+            r.forget_socket(sid);
+        }
+    }
+
     /// `set_status`: true when the status changed (the caller announces it).
     pub async fn set_status(&self, user: &str, status: Status, now: i64) -> anyhow::Result<bool> {
         match &self.backing {

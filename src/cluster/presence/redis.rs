@@ -194,6 +194,12 @@ impl RedisRegistry {
         self.unregister(user, sid, now, due).await
     }
 
+    /// Drops this instance's record of a socket that another instance now holds (it
+    /// recovered its session there), leaving Redis as that instance wrote it.
+    pub(super) fn forget_socket(&self, sid: &str) {
+        self.local().remove(sid);
+    }
+
     async fn unregister(&self, user: &str, sid: &str, now: i64, due: i64) -> anyhow::Result<()> {
         let _: i64 = self
             .eval(

@@ -115,6 +115,10 @@ pub struct SocketIoConfig {
 
     /// A global server identifier
     pub server_id: Uid,
+
+    /// Trestle patch: where connection state recovery keeps events and sessions; `None`
+    /// (the default) turns recovery off.
+    pub recovery: Option<Arc<dyn crate::recovery::SessionStore>>,
 }
 
 impl Default for SocketIoConfig {
@@ -129,6 +133,7 @@ impl Default for SocketIoConfig {
             parser: Parser::default(),
             parse_config: ParseConfig::default(),
             server_id: Uid::new(),
+            recovery: None, // Trestle patch
         }
     }
 }
@@ -204,6 +209,17 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Trestle patch: connection state recovery (see [`crate::recovery`]) with `store`
+    /// keeping the events and sessions; `None` (the default) turns it off.
+    #[inline]
+    pub fn connection_state_recovery(
+        mut self,
+        store: Option<Arc<dyn crate::recovery::SessionStore>>,
+    ) -> Self {
+        self.config.recovery = store;
+        self
+    }
+
     /// Trestle patch: the bytes of packets that may wait for one connection; past them,
     /// or with its packet buffer full, the connection is closed with
     /// [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer)
@@ -212,7 +228,9 @@ impl<A: Adapter> SocketIoBuilder<A> {
     /// Defaults to `None` (no byte bound, a full buffer refuses packets).
     #[inline]
     pub fn max_buffer_bytes(mut self, max_buffer_bytes: Option<usize>) -> Self {
-        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(max_buffer_bytes);
+        self.engine_config_builder = self
+            .engine_config_builder
+            .max_buffer_bytes(max_buffer_bytes);
         self
     }
 

@@ -12,14 +12,40 @@ use crate::{
     errors::{ConnectFail, Error},
     handler::{BoxedConnectHandler, ConnectHandler, MakeErasedHandler},
     parser::Parser,
-    socket::{DisconnectReason, Socket},
+    recovery::{Kept, Offset, Session, SessionStore, reaches, with_offset},
+    socket::{DisconnectReason, Socket, SocketRecovery},
 };
 use socketioxide_core::{
     Sid, Str, Uid, Value,
-    adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
+    adapter::{
+        BroadcastFlags, BroadcastIter, BroadcastOptions, CoreLocalAdapter, RemoteSocketData,
+        SocketEmitter,
+    },
     packet::{ConnectPacket, Packet, PacketData},
     parser::Parse,
 };
+
+/// Trestle patch: the CONNECT answer with connection state recovery on.
+#[derive(serde::Serialize)]
+struct ConnectAnswer<'a> {
+    sid: Sid,
+    pid: &'a str,
+}
+
+/// Trestle patch: what a CONNECT payload may claim to recover (other fields ignored).
+#[derive(serde::Deserialize)]
+struct RecoveryClaim {
+    pid: Option<Claimed>,
+    offset: Option<Claimed>,
+}
+
+/// A claimed field: only a string counts, as with socket.io.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Claimed {
+    Str(String),
+    Other(serde::de::IgnoredAny),
+}
 
 /// A [`Namespace`] constructor used for dynamic namespaces
 /// A namespace constructor only hold a common handler that will be cloned
@@ -42,6 +68,8 @@ pub struct Namespace<A: Adapter> {
     /// The engine.io session ids of the sockets that are connecting to this namespace, but which
     /// are not yet in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
+    /// Trestle patch: connection state recovery's store, when it is on.
+    pub(crate) recovery: Option<Arc<dyn SessionStore>>,
 }
 
 /// Marks a socket as connecting to a namespace until dropped.
@@ -121,6 +149,7 @@ impl<A: Adapter> Namespace<A> {
             sockets: HashMap::new().into(),
             esids: HashMap::new().into(), // Trestle patch
             connecting: HashSet::new().into(),
+            recovery: config.recovery.clone(), // Trestle patch
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -150,10 +179,20 @@ impl<A: Adapter> Namespace<A> {
             tracing::debug!(%esid, ?self.path, "ignoring duplicate connect packet");
             return Err(ConnectFail);
         };
-        let sid = Sid::new(); // Trestle patch: never the engine.io session id.
+        // Trestle patch: a recovering client gets its previous session's socket id and
+        // rooms, else the socket gets a new random id (never the engine.io session id).
+        let previous = self.restore_session(&auth).await;
+        let sid = previous.as_ref().map_or_else(Sid::new, |(s, _)| s.sid);
+        let recovery = self.recovery.as_ref().map(|_| match &previous {
+            Some((s, _)) => SocketRecovery::new(s.pid.clone(), Some(s.data.clone())),
+            None => SocketRecovery::new(Sid::new().to_string() + &Sid::new().to_string(), None),
+        });
 
         let socket: Arc<Socket<A>> =
-            Socket::new(sid, self.clone(), esocket.clone(), self.parser).into();
+            Socket::new(sid, self.clone(), esocket.clone(), self.parser, recovery).into();
+        if let Some((session, _)) = &previous {
+            self.adapter.get_local().add_all(sid, session.rooms.clone());
+        }
 
         if let Err(e) = self.handler.call_middleware(socket.clone(), &auth).await {
             #[cfg(feature = "tracing")]
@@ -163,6 +202,11 @@ impl<A: Adapter> Namespace<A> {
             // room in the local/remote adapter. The socket never enters `self.sockets`,
             // so nothing else will ever clean it up.
             self.remove_socket(sid);
+            // Trestle patch: a refused client (another user's token, an expired one) did
+            // not take the session: it stays for its owner.
+            if let Some((session, _)) = previous {
+                self.save_session(session);
+            }
 
             let data = e.to_string();
             if let Err(_e) = socket.send(Packet::connect_error(self.path.clone(), data)) {
@@ -183,10 +227,41 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
+        // Trestle patch: the events the recovered socket missed, read now that live ones
+        // reach it (and wait for the replay): none is lost between the two.
+        let missed = match &previous {
+            Some((session, offset)) => match self.missed(session, *offset).await {
+                Some(missed) => Some(missed),
+                None => {
+                    // The client connects afresh next time; the session is gone.
+                    self.remove_socket(sid);
+                    if let Some(store) = self.recovery.clone() {
+                        let (pid, at) = (session.pid.clone(), session.disconnected_at);
+                        tokio::spawn(async move { store.discard(&pid, at).await });
+                    }
+                    esocket.close(engineioxide::DisconnectReason::TransportError);
+                    return Err(ConnectFail);
+                }
+            },
+            None => None,
+        };
+
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {
-            ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
+            ProtocolVersion::V5 => Some(match socket.recovery_pid() {
+                // Trestle patch: the CONNECT answer carries the private session id.
+                Some(pid) => self
+                    .parser
+                    .encode_default(&ConnectAnswer {
+                        sid: socket.id,
+                        pid,
+                    })
+                    .unwrap(),
+                None => self
+                    .parser
+                    .encode_default(&ConnectPacket { sid: socket.id })
+                    .unwrap(),
+            }),
             ProtocolVersion::V4 => None,
         };
         if let Err(_e) = socket.send(Packet::connect(self.path.clone(), payload)) {
@@ -198,10 +273,128 @@ impl<A: Adapter> Namespace<A> {
             return Err(ConnectFail);
         }
 
+        // Trestle patch: the missed events, then those that came during the replay.
+        if let Some(missed) = missed {
+            let floor = missed.last().map(|(offset, _)| *offset);
+            for (_, data) in missed {
+                let _ = socket.send(Packet::event(self.path.clone(), data));
+            }
+            let replay = socket.recovery.as_ref().and_then(|r| r.replay.as_ref());
+            for packet in replay.map(|r| r.finish(floor)).unwrap_or_default() {
+                let _ = socket.send_raw(packet);
+            }
+        }
+
         socket.set_connected(true);
         self.handler.call(socket, auth);
 
         Ok(())
+    }
+
+    /// Trestle patch: the session a CONNECT payload's `pid` and `offset` name, with the
+    /// offset, when recovery is on and the store still has both.
+    async fn restore_session(&self, auth: &Option<Value>) -> Option<(Session, Offset)> {
+        let store = self.recovery.as_ref()?;
+        let claim: RecoveryClaim = self.parser.decode_default(auth.as_ref()).ok()?;
+        let (Some(Claimed::Str(pid)), Some(Claimed::Str(offset))) = (claim.pid, claim.offset)
+        else {
+            return None;
+        };
+        let offset = Offset::parse(&offset)?;
+        if pid.len() > 64 {
+            return None;
+        }
+        match store.restore(&self.path, &pid, offset).await {
+            Ok(session) => session.map(|s| (s, offset)),
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_e, "connection state recovery: could not restore a session");
+                None
+            }
+        }
+    }
+
+    /// Trestle patch: the events after `offset` that reached `session`'s socket, with
+    /// their offsets as last argument; `None` when they cannot all be had.
+    async fn missed(&self, session: &Session, offset: Offset) -> Option<Vec<(Offset, Value)>> {
+        let store = self.recovery.as_ref()?;
+        let kept = match store.since(&self.path, offset, store.max_replay()).await {
+            Ok(kept) => kept?,
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_e, "connection state recovery: could not read missed events");
+                return None;
+            }
+        };
+        let out = kept
+            .into_iter()
+            .filter(|(_, k)| reaches(&k.opts, session.sid, &session.rooms))
+            .filter_map(|(at, k)| Some((at, with_offset(&k.data, at)?)))
+            .collect();
+        Some(out)
+    }
+
+    /// Trestle patch: saves the session of a socket that closed for a recoverable reason,
+    /// with the rooms it was in (read before they are left).
+    fn persist_session(
+        &self,
+        socket: &Socket<A>,
+        rooms: Vec<socketioxide_core::adapter::Room>,
+        at: u64,
+    ) {
+        let Some(r) = socket.recovery.as_ref() else {
+            return;
+        };
+        self.save_session(Session {
+            ns: self.path.clone(),
+            sid: socket.id,
+            pid: r.pid.clone(),
+            rooms,
+            data: r.data.lock().unwrap().clone(),
+            disconnected_at: at,
+        });
+    }
+
+    /// Trestle patch: saves `session` in the background.
+    fn save_session(&self, session: Session) {
+        let Some(store) = self.recovery.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(_e) = store.save(session).await {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_e, "connection state recovery: could not save a session");
+            }
+        });
+    }
+
+    /// Trestle patch: keeps a broadcast event for recovery and gives it its offset, when
+    /// recovery is on and the event may be kept (no ack, not volatile).
+    pub(crate) async fn keep(&self, packet: &mut Packet, opts: &BroadcastOptions) {
+        let Some(store) = &self.recovery else { return };
+        if opts.has_flag(BroadcastFlags::Volatile) {
+            return;
+        }
+        let data = match &mut packet.inner {
+            PacketData::Event(data, None) | PacketData::BinaryEvent(data, None) => data,
+            _ => return,
+        };
+        let kept = Kept {
+            data: data.clone(),
+            opts: opts.clone(),
+        };
+        match store.record(&self.path, &kept).await {
+            Ok(Some(offset)) => {
+                if let Some(with) = with_offset(data, offset) {
+                    *data = with;
+                }
+            }
+            Ok(None) => {}
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_e, "connection state recovery: could not keep an event");
+            }
+        }
     }
 
     /// Removes a socket from a namespace
@@ -224,6 +417,12 @@ impl<A: Adapter> Namespace<A> {
             }
             socket
         };
+        // Trestle patch: a socket closed for a recoverable reason leaves its session.
+        if let Some(socket) = &_socket
+            && let Some(at) = socket.recovery_saved_at()
+        {
+            self.persist_session(socket, socket.rooms(), at);
+        }
         self.adapter.get_local().del_all(sid);
     }
 

@@ -265,9 +265,12 @@ impl<A: Adapter> BroadcastOperators<A> {
     ) -> impl Future<Output = Result<(), BroadcastError>> + Send {
         let packet = self.get_packet(event, data);
         async move {
+            let mut packet = packet?;
+            // Trestle patch: kept for connection state recovery, with its offset.
+            self.ns.keep(&mut packet, &self.opts).await;
             self.ns
                 .adapter
-                .broadcast(packet?, self.opts)
+                .broadcast(packet, self.opts)
                 .await
                 .inspect_err(|_e| {
                     #[cfg(feature = "tracing")]

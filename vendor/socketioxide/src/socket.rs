@@ -7,7 +7,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -78,6 +78,20 @@ pub enum DisconnectReason {
     /// Trestle patch: the client did not read what was sent to it (see
     /// [`SocketIoBuilder::max_buffer_bytes`](crate::SocketIoBuilder::max_buffer_bytes)).
     SlowConsumer,
+}
+
+impl DisconnectReason {
+    /// Trestle patch: whether the client may recover its session after this (socket.io's
+    /// `RECOVERABLE_DISCONNECT_REASONS`): the connection was lost or closed under it, or the
+    /// server stopped. Not when either side ended the socket on purpose, nor for a client
+    /// that broke the protocol or did not read (a replay would only overflow it again).
+    pub fn is_recoverable(&self) -> bool {
+        use DisconnectReason::*;
+        matches!(
+            self,
+            TransportClose | TransportError | HeartbeatTimeout | ClosingServer
+        )
+    }
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -313,6 +327,35 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     pub extensions: Extensions,
     /// Trestle patch: crate-visible, for the namespace's map from engine.io session ids.
     pub(crate) esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// Trestle patch: the socket's recoverable session, when recovery is on.
+    pub(crate) recovery: Option<Box<SocketRecovery>>,
+}
+
+/// Trestle patch: what a socket holds for connection state recovery.
+pub(crate) struct SocketRecovery {
+    /// The private session id, sent in the CONNECT answer only.
+    pub(crate) pid: String,
+    /// Whether this socket got a previous session back.
+    pub(crate) recovered: bool,
+    /// The application's data, saved with the session.
+    pub(crate) data: Mutex<Option<String>>,
+    /// Live events held while the missed ones are replayed (recovered sockets only).
+    pub(crate) replay: Option<crate::recovery::Replay>,
+    /// When the socket closed for a recoverable reason (ms since the epoch, 0 before):
+    /// its session is saved, with this time, once it is out of the namespace.
+    pub(crate) saved_at: AtomicU64,
+}
+
+impl SocketRecovery {
+    pub(crate) fn new(pid: String, previous: Option<Option<String>>) -> Box<Self> {
+        Box::new(Self {
+            pid,
+            recovered: previous.is_some(),
+            replay: previous.is_some().then(crate::recovery::Replay::new),
+            data: Mutex::new(previous.flatten()),
+            saved_at: AtomicU64::new(0),
+        })
+    }
 }
 
 impl<A: Adapter> Socket<A> {
@@ -321,6 +364,7 @@ impl<A: Adapter> Socket<A> {
         ns: Arc<Namespace<A>>,
         esocket: Arc<engineioxide::Socket<SocketData<A>>>,
         parser: Parser,
+        recovery: Option<Box<SocketRecovery>>,
     ) -> Self {
         Self {
             ns,
@@ -336,7 +380,46 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            recovery, // Trestle patch
         }
+    }
+
+    /// Trestle patch: whether this socket got back the session of one that went away
+    /// (connection state recovery): its id, rooms and the events it missed.
+    pub fn recovered(&self) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.recovered)
+    }
+
+    /// Trestle patch: the private session id a client presents to recover this socket's
+    /// session; `None` when recovery is off. It is a credential: never show it to others.
+    pub fn recovery_pid(&self) -> Option<&str> {
+        self.recovery.as_ref().map(|r| r.pid.as_str())
+    }
+
+    /// Trestle patch: when this socket's session was saved for recovery (its disconnection
+    /// time, ms since the Unix epoch): `None` while it is connected, when recovery is off,
+    /// or when it went away for a reason it cannot be recovered from. The application
+    /// gives the session up with [`SessionStore::discard`](crate::recovery::SessionStore::discard).
+    pub fn recovery_saved_at(&self) -> Option<u64> {
+        let at = self.recovery.as_ref()?.saved_at.load(Ordering::SeqCst);
+        (at != 0).then_some(at)
+    }
+
+    /// Trestle patch: data saved with the socket's session and given back to the socket
+    /// that recovers it ([`Socket::recovery_data`]); for example who the user was, to
+    /// check that the same user comes back. No-op when recovery is off.
+    pub fn set_recovery_data(&self, data: String) {
+        if let Some(r) = &self.recovery {
+            *r.data.lock().unwrap() = Some(data);
+        }
+    }
+
+    /// Trestle patch: the data set with [`Socket::set_recovery_data`], on this socket or,
+    /// for a recovered socket, on the one whose session it got.
+    pub fn recovery_data(&self) -> Option<String> {
+        self.recovery
+            .as_ref()
+            .and_then(|r| r.data.lock().unwrap().clone())
     }
 
     /// # Registers a [`MessageHandler`] for the given event.
@@ -751,6 +834,19 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
     pub(crate) fn send_raw(&self, value: Value) -> Result<(), SocketError> {
+        // Trestle patch: a recovered socket holds live events during its replay, and skips
+        // those the replay sent.
+        let value = match self.recovery.as_ref().and_then(|r| r.replay.as_ref()) {
+            Some(replay) => match replay.live(value) {
+                Ok(crate::recovery::Live::Send(v)) => v,
+                Ok(crate::recovery::Live::Skip) => return Ok(()),
+                Err(()) => {
+                    self.esocket.close(EIoDisconnectReason::SlowConsumer);
+                    return Err(SocketError::Closed);
+                }
+            },
+            None => value,
+        };
         let permit = self.reserve()?;
         permit.send_raw(value);
         Ok(())
@@ -809,6 +905,14 @@ impl<A: Adapter> Socket<A> {
     /// It maybe also close when the underlying transport is closed or failed.
     pub(crate) fn close(self: Arc<Self>, reason: DisconnectReason) {
         self.set_connected(false);
+        // Trestle patch: the session is saved once the socket is out of the namespace, so
+        // that the socket recovering it never meets this one there.
+        if let Some(r) = &self.recovery {
+            if reason.is_recoverable() {
+                r.saved_at
+                    .store(crate::recovery::now_ms().max(1), Ordering::SeqCst);
+            }
+        }
 
         let disconnect_handler = { self.disconnect_handler.lock().unwrap().take() };
 
@@ -899,6 +1003,7 @@ impl Socket<LocalAdapter> {
             ns,
             engineioxide::Socket::new_dummy(sid, close_fn),
             Parser::default(),
+            None,
         );
         s.esocket.data.io.set(io).unwrap();
         s.set_connected(true);
