@@ -2,6 +2,7 @@
 // Trestle vs the Node reference server, one server at a time, same load, same machine.
 // Usage: node run.mjs [--quick] [--conns N] [--clients C] [--duration D] [--receivers M]
 //                     [--emits K] [--only trestle|node] [--unique-users] [--keep-logs] [--json FILE]
+//                     [--recovery-compare] [--keep-events E] [--repeat R]
 // See README.md for what each figure means.
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -32,7 +33,13 @@ const HELP = `Usage: node run.mjs [options]
   --receivers M        raw websocket receivers of the fan-out (default 500)
   --emits K            POST /api/emit requests of the fan-out (default 200)
   --only NAME          run one server only: trestle or node
-  --phases LIST        comma-separated subset of idle,rtt,fanout (default all three)
+  --phases LIST        comma-separated subset of idle,rtt,fanout,keep (default idle,rtt,fanout;
+                       with --recovery-compare idle,fanout,keep)
+  --recovery-compare   connection state recovery on and off: Trestle with RECOVERY_MAX_DISCONNECT_MS
+                       120000 and 0, the Node server without and with connectionStateRecovery
+  --keep-events E      POSTs of the keep phase (default 20000)
+  --repeat R           run every server R times, interleaved, and report medians (default 1)
+  --node-gc            before each RSS reading, have the Node server run a full garbage collection
   --unique-users       a distinct userId per connection (default: every connection is the same user; see README)
   --trestle-bin PATH   default <repo>/target/release/trestle
   --ref-src DIR        reference server source (default /work/shared/reference-node)
@@ -41,10 +48,13 @@ const HELP = `Usage: node run.mjs [options]
   --json FILE          also write the results as JSON
 `;
 
+const PHASES = ['idle', 'rtt', 'fanout', 'keep'];
+
 function parseArgs(argv) {
   const o = {
     conns: 2000, batch: 100, settle: 2, clients: 50, duration: 10, warmup: 1, receivers: 500, emits: 200,
     only: null, phases: ['idle', 'rtt', 'fanout'], uniqueUsers: false, keepLogs: false, json: null, quick: false,
+    recoveryCompare: false, keepEvents: 20000, repeat: 1, nodeGc: false,
     trestleBin: path.join(MAIN, 'target/release/trestle'),
     refSrc: '/work/shared/reference-node', refDir: '/tmp/refnode',
   };
@@ -72,7 +82,11 @@ function parseArgs(argv) {
       case '--receivers': o.receivers = Math.floor(num(a, next())); explicit.add('receivers'); break;
       case '--emits': o.emits = Math.floor(num(a, next())); explicit.add('emits'); break;
       case '--only': o.only = next(); break;
-      case '--phases': o.phases = next().split(',').map((x) => x.trim()).filter(Boolean); break;
+      case '--phases': o.phases = next().split(',').map((x) => x.trim()).filter(Boolean); explicit.add('phases'); break;
+      case '--recovery-compare': o.recoveryCompare = true; break;
+      case '--keep-events': o.keepEvents = Math.floor(num(a, next())); break;
+      case '--repeat': o.repeat = Math.floor(num(a, next())); break;
+      case '--node-gc': o.nodeGc = true; break;
       case '--unique-users': o.uniqueUsers = true; break;
       case '--trestle-bin': o.trestleBin = path.resolve(next()); break;
       case '--ref-src': o.refSrc = path.resolve(next()); break;
@@ -86,8 +100,10 @@ function parseArgs(argv) {
     const q = { conns: 500, clients: 20, duration: 5, receivers: 200, emits: 100 };
     for (const [k, v] of Object.entries(q)) if (!explicit.has(k)) o[k] = v;
   }
+  // Recovery changes broadcasts and sockets, not request round trips: rtt is left out unless asked for.
+  if (o.recoveryCompare && !explicit.has('phases')) o.phases = ['idle', 'fanout', 'keep'];
   if (o.only && !['trestle', 'node'].includes(o.only)) throw new Error('--only takes trestle or node');
-  if (!o.phases.length || o.phases.some((p) => !['idle', 'rtt', 'fanout'].includes(p))) throw new Error('--phases takes idle, rtt, fanout');
+  if (!o.phases.length || o.phases.some((p) => !PHASES.includes(p))) throw new Error(`--phases takes ${PHASES.join(', ')}`);
   if (!(o.warmup >= 0)) throw new Error('--warmup must be >= 0');
   return o;
 }
@@ -109,6 +125,30 @@ try {
   CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 } catch {
   /* 100 Hz is the Linux default */
+}
+
+// The server's RSS. With --node-gc, the Node server first runs a full garbage collection,
+// and srv.heapKb is its live JS heap after it (NaN otherwise).
+async function readRss(srv) {
+  srv.heapKb = NaN;
+  if (srv.gcOnSignal && !srv.exited) {
+    const asked = Date.now();
+    process.kill(srv.pid, 'SIGUSR2');
+    for (let i = 0; i < 40; i++) {
+      await sleep(50);
+      try {
+        const m = JSON.parse(fs.readFileSync(srv.heapFile, 'utf8'));
+        if (m.at >= asked) {
+          srv.heapKb = (m.heapUsed + m.external) / 1024;
+          break;
+        }
+      } catch {
+        /* not written yet */
+      }
+    }
+    await sleep(200); // let the collector's unmapping show in RSS
+  }
+  return rssKb(srv.pid);
 }
 
 function rssKb(pid) {
@@ -201,6 +241,7 @@ function prepareTrestle(opts) {
 }
 
 const children = new Set(); // every server process we started, for clean-up
+let serverSeq = 0; // numbers the log files when a server runs more than once
 
 function killAll() {
   for (const c of children) {
@@ -220,10 +261,61 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
-async function startServer(name, opts, logDir) {
+// The servers to run. A variant is one server with one configuration: `kind` says which
+// binary, `env` is added to its environment, `nodeRecoveryMs` turns on the Node server's
+// connectionStateRecovery (through a preload, since the reference server has no setting
+// for it), and `recovery` is what the run expects to see on the wire.
+function variantsFor(opts) {
+  const all = opts.recoveryCompare
+    ? [
+        { key: 'trestle', kind: 'trestle', label: 'trestle rec on', env: { RECOVERY_MAX_DISCONNECT_MS: '120000' }, recovery: true },
+        { key: 'trestle-off', kind: 'trestle', label: 'trestle rec off', env: { RECOVERY_MAX_DISCONNECT_MS: '0' }, recovery: false },
+        { key: 'node', kind: 'node', label: 'node rec off', env: {}, recovery: false },
+        { key: 'node-rec', kind: 'node', label: 'node rec on', env: {}, nodeRecoveryMs: 120_000, recovery: true },
+      ]
+    : [
+        // Trestle with its defaults: recovery on. The reference server as it is: recovery off.
+        { key: 'trestle', kind: 'trestle', label: 'trestle', env: {}, recovery: true },
+        { key: 'node', kind: 'node', label: 'node', env: {}, recovery: false },
+      ];
+  return all.filter((v) => !opts.only || v.kind === opts.only);
+}
+
+// Loaded into the reference server with --require, since it has no setting for either.
+// socket.io's ESM entry (wrapper.mjs) reads `Server` off the CommonJS module when it is
+// first imported, so replacing it there before server.mjs runs gives the reference server
+// a Server that always has connectionStateRecovery. With --node-gc, SIGUSR2 runs a full
+// garbage collection and writes the live JS heap (heapUsed + external) to a file: RSS
+// hardly shrinks after a collection (V8 keeps its pages), the live heap does.
+const NODE_PRELOAD = `'use strict';
+if (process.env.BENCH_NODE_RECOVERY_MS) {
+  const path = require('node:path');
+  const { createRequire } = require('node:module');
+  const sio = createRequire(path.join(process.cwd(), 'server.mjs'))('socket.io');
+  const Base = sio.Server;
+  const maxDisconnectionDuration = Number(process.env.BENCH_NODE_RECOVERY_MS);
+  class Server extends Base {
+    constructor(srv, opts = {}) {
+      super(srv, { ...opts, connectionStateRecovery: { maxDisconnectionDuration, skipMiddlewares: true } });
+    }
+  }
+  sio.Server = Server;
+}
+if (process.env.BENCH_NODE_GC && typeof global.gc === 'function') {
+  const fs = require('node:fs');
+  process.on('SIGUSR2', () => {
+    global.gc();
+    const m = process.memoryUsage();
+    fs.writeFileSync(process.env.BENCH_NODE_GC, JSON.stringify({ at: Date.now(), heapUsed: m.heapUsed, external: m.external }));
+  });
+}
+`;
+
+async function startServer(variant, opts, logDir) {
+  const name = variant.key;
   const port = await freePort();
   const env = { ...process.env };
-  for (const k of Object.keys(env)) if (/^(REDIS_|JWT_|ACCESS_HOOK_|AUTH_REQUIRED|TRUST_PROXY)/.test(k)) delete env[k];
+  for (const k of Object.keys(env)) if (/^(REDIS_|JWT_|ACCESS_HOOK_|AUTH_REQUIRED|TRUST_PROXY|RECOVERY_|BENCH_)/.test(k)) delete env[k];
   Object.assign(env, {
     PORT: String(port),
     HOST,
@@ -235,14 +327,24 @@ async function startServer(name, opts, logDir) {
     MAX_CONNECTIONS_PER_IP: '100000',
     RATE_LIMIT_PER_MINUTE: '0',
     MAX_ROOM_SIZE: '0',
+    ...variant.env,
   });
-  const logFile = path.join(logDir, `${name}.log`);
+  const logFile = path.join(logDir, `${name}-${++serverSeq}.log`);
   const fd = fs.openSync(logFile, 'w');
-  const [cmd, args, cwd] = name === 'trestle' ? [opts.trestleBin, [], MAIN] : [process.execPath, ['server.mjs'], opts.refDir];
+  let nodeArgs = ['server.mjs'];
+  if (variant.kind === 'node' && (variant.nodeRecoveryMs || opts.nodeGc)) {
+    const preload = path.join(logDir, 'node-preload.cjs');
+    fs.writeFileSync(preload, NODE_PRELOAD);
+    if (variant.nodeRecoveryMs) env.BENCH_NODE_RECOVERY_MS = String(variant.nodeRecoveryMs);
+    if (opts.nodeGc) env.BENCH_NODE_GC = path.join(logDir, `${name}-${serverSeq}.heap.json`);
+    nodeArgs = [...(opts.nodeGc ? ['--expose-gc'] : []), '--require', preload, 'server.mjs'];
+  }
+  const [cmd, args, cwd] = variant.kind === 'trestle' ? [opts.trestleBin, [], MAIN] : [process.execPath, nodeArgs, opts.refDir];
   const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
   children.add(child);
-  const srv = { name, port, child, pid: child.pid, logFile, exited: null, base: `http://${HOST}:${port}` };
+  const gcOnSignal = variant.kind === 'node' && opts.nodeGc;
+  const srv = { name, port, child, pid: child.pid, logFile, exited: null, base: `http://${HOST}:${port}`, gcOnSignal, heapFile: env.BENCH_NODE_GC, heapKb: NaN };
   child.on('exit', (code, signal) => {
     srv.exited = { code, signal };
     children.delete(child);
@@ -297,6 +399,8 @@ function rawConnect(srv, token, stats, onEvent = null) {
       } else if (type === '0') {
         ws.send(`40${JSON.stringify({ token })}`);
       } else if (text.startsWith('40')) {
+        // A server with connection state recovery gives every socket a private session id.
+        if (text.includes('"pid"')) stats.withPid++;
         if (!connected) {
           connected = true;
           clearTimeout(timer);
@@ -321,7 +425,7 @@ function rawConnect(srv, token, stats, onEvent = null) {
 }
 
 function newRawStats() {
-  return { pings: 0, serverDisconnects: 0, engineCloses: 0, unexpectedCloses: 0, connectErrors: 0, errorSamples: [] };
+  return { pings: 0, serverDisconnects: 0, engineCloses: 0, unexpectedCloses: 0, connectErrors: 0, withPid: 0, errorSamples: [] };
 }
 
 // Opens n raw clients, batch at a time; returns the open sockets.
@@ -373,24 +477,35 @@ async function idleMemory(srv, opts) {
   // (Node's JIT, allocator pools) before the baseline is read.
   await closeRaw(await openRaw(srv, Math.min(opts.batch, opts.conns), opts, newRawStats()));
   await sleep(1000);
-  const before = rssKb(srv.pid);
+  const before = await readRss(srv);
+  const heapBefore = srv.heapKb;
   const cpu0 = cpuSec(srv.pid);
   const self0 = selfCpuSec();
   const t0 = now();
   const sockets = await openRaw(srv, opts.conns, opts, stats);
   const connectMs = now() - t0;
   await sleep(opts.settle * 1000);
-  const after = rssKb(srv.pid);
   const cpu = cpuSec(srv.pid) - cpu0;
   const selfCpu = selfCpuSec() - self0;
+  const after = await readRss(srv);
+  const heapAfter = srv.heapKb;
   const open = sockets.filter((ws) => ws.readyState === WebSocket.OPEN).length;
   await closeRaw(sockets);
-  await sleep(1000); // let the server clean up before the next phase
+  await sleep(opts.settle * 1000); // let the server clean up before the next phase
+  // With connection state recovery, a closed socket's session is kept for the recovery
+  // window, in case its client comes back.
+  const closed = await readRss(srv);
+  const heapClosed = srv.heapKb;
+  const n = sockets.length;
   return {
+    heapPerConnKb: (heapAfter - heapBefore) / n,
+    heapPerClosedKb: (heapClosed - heapBefore) / n,
     connected: sockets.length,
     stillOpen: open,
     rssBeforeKb: before,
     rssAfterKb: after,
+    rssClosedKb: closed,
+    kbPerClosed: sockets.length ? (closed - before) / sockets.length : NaN,
     kbPerConn: sockets.length ? (after - before) / sockets.length : NaN,
     connectPerSec: sockets.length / (connectMs / 1000),
     connectMs,
@@ -514,7 +629,11 @@ async function fanOut(srv, opts) {
   const stats = newRawStats();
   const got = new Int32Array(opts.receivers);
   const warm = new Int32Array(opts.receivers);
-  const disorder = { outOfOrder: 0, otherEvents: 0 };
+  const disorder = { outOfOrder: 0, otherEvents: 0, withOffset: 0 };
+  // Delivery latency: from just before tick i's POST until a receiver has it.
+  const sentAt = new Float64Array(K);
+  const latency = new Float64Array(opts.receivers * K);
+  let latencies = 0;
   let remaining = 0; // receivers that still miss ticks (set once all are connected)
   let warmRemaining = 0;
   let doneAt = 0;
@@ -529,15 +648,23 @@ async function fanOut(srv, opts) {
       } else disorder.otherEvents++;
       return;
     }
+    const t = now();
     const n = got[idx];
-    // `42["tick",{"i":N}]`: read N without a JSON.parse, to keep the receiving side cheap.
-    if (Number.parseInt(text.slice(TICK_PREFIX.length), 10) !== n) disorder.outOfOrder++;
+    // `42["tick",{"i":N}]`, or `42["tick",{"i":N},"OFFSET"]` from a server with connection
+    // state recovery: read N without a JSON.parse, to keep the receiving side cheap.
+    const i = Number.parseInt(text.slice(TICK_PREFIX.length), 10);
+    if (i !== n) disorder.outOfOrder++;
+    if (i >= 0 && i < K && latencies < latency.length) latency[latencies++] = t - sentAt[i];
+    if (text.endsWith('"]')) disorder.withOffset++;
     got[idx] = n + 1;
     if (n + 1 === K && --remaining === 0) {
       doneAt = now();
       allDone();
     }
   };
+  await sleep(500);
+  const rssBefore = await readRss(srv);
+  const heapBefore = srv.heapKb;
   const sockets = await openRaw(srv, opts.receivers, opts, stats, onEventFor);
   const M = sockets.length;
   remaining = M;
@@ -557,6 +684,7 @@ async function fanOut(srv, opts) {
   const t0 = now();
   for (let i = 0; i < K; i++) {
     const t = now();
+    sentAt[i] = t;
     const status = await postEmit(srv, 'tick', { i });
     postLat.push(now() - t);
     if (status !== 202) badStatus[status] = (badStatus[status] ?? 0) + 1;
@@ -569,11 +697,26 @@ async function fanOut(srv, opts) {
   const selfCpu = selfCpuSec() - self0;
   let delivered = 0;
   for (let i = 0; i < M; i++) delivered += Math.min(got[i], K);
+  const rssWith = await readRss(srv);
   await closeRaw(sockets);
-  await sleep(1000);
+  await sleep(opts.settle * 1000);
+  // What the phase left behind once its receivers are gone: with recovery, its kept events
+  // and the receivers' saved sessions (a closed websocket is a recoverable disconnect).
+  const rssAfter = await readRss(srv);
+  const heapHeldKb = srv.heapKb - heapBefore;
   postLat.sort((a, b) => a - b);
+  const lat = latency.subarray(0, latencies).sort();
   const ms = end - t0;
   return {
+    rssBeforeKb: rssBefore,
+    rssWithKb: rssWith,
+    rssAfterKb: rssAfter,
+    heldKb: rssAfter - rssBefore,
+    heapHeldKb,
+    latP50: percentile(lat, 50),
+    latP99: percentile(lat, 99),
+    latMax: lat.length ? lat[lat.length - 1] : NaN,
+    cpuMsPer1kDeliveries: delivered ? (cpu * 1e6) / delivered : NaN,
     receivers: M,
     emits: K,
     warmups: W,
@@ -596,6 +739,53 @@ async function fanOut(srv, opts) {
   };
 }
 
+// About 120 bytes of text, so that a kept event is the size of a small application event.
+const KEEP_TEXT = 'x'.repeat(120);
+
+// keep: E broadcasts to a room without members. With recovery on, each one is kept; the
+// RSS it adds is the memory the kept events hold (plus the allocator's and GC's slack,
+// which the run without recovery shows on its own).
+async function keepEvents(srv, opts) {
+  const E = opts.keepEvents;
+  const CONCURRENCY = 4;
+  await sleep(500);
+  const rssBefore = await readRss(srv);
+  const heapBefore = srv.heapKb;
+  const cpu0 = cpuSec(srv.pid);
+  const self0 = selfCpuSec();
+  const badStatus = {};
+  let next = 0;
+  const t0 = now();
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      while (next < E) {
+        const i = next++;
+        const status = await postEmit(srv, 'kept', { i, text: KEEP_TEXT });
+        if (status !== 202) badStatus[status] = (badStatus[status] ?? 0) + 1;
+      }
+    }),
+  );
+  const ms = now() - t0;
+  const cpu = cpuSec(srv.pid) - cpu0;
+  const selfCpu = selfCpuSec() - self0;
+  await sleep(opts.settle * 1000);
+  const rssAfter = await readRss(srv);
+  const heapAfter = srv.heapKb;
+  return {
+    heapBytesPerEvent: ((heapAfter - heapBefore) * 1024) / E,
+    events: E,
+    concurrency: CONCURRENCY,
+    rssBeforeKb: rssBefore,
+    rssAfterKb: rssAfter,
+    bytesPerEvent: ((rssAfter - rssBefore) * 1024) / E,
+    perSec: E / (ms / 1000),
+    serverCpuSec: cpu,
+    cpuMsPer1kEmits: (cpu * 1e6) / E,
+    clientCpuSec: selfCpu,
+    badStatus,
+  };
+}
+
 // Sockets the server still counts as connected (from /metrics), to spot connections that
 // linger from the previous phase.
 async function serverSockets(srv) {
@@ -608,10 +798,11 @@ async function serverSockets(srv) {
   }
 }
 
-async function benchServer(name, opts, logDir) {
-  log(`starting ${name}`);
-  const srv = await startServer(name, opts, logDir);
-  const r = { name, pid: srv.pid, lingering: {}, otherCpu: {} };
+async function benchServer(variant, opts, logDir, run) {
+  const name = variant.label;
+  log(`starting ${name}${opts.repeat > 1 ? ` (run ${run} of ${opts.repeat})` : ''}`);
+  const srv = await startServer(variant, opts, logDir);
+  const r = { name: variant.key, label: variant.label, run, recovery: variant.recovery, pid: srv.pid, lingering: {}, otherCpu: {} };
   const phase = async (key, label, fn) => {
     if (!opts.phases.includes(key)) return undefined;
     const left = await serverSockets(srv);
@@ -631,6 +822,7 @@ async function benchServer(name, opts, logDir) {
     r.idle = await phase('idle', `idle memory, ${opts.conns} connections`, idleMemory);
     r.rtt = await phase('rtt', `round trips, ${opts.clients} clients for ${opts.duration} s`, roundTrips);
     r.fan = await phase('fanout', `fan-out, ${opts.receivers} receivers x ${opts.emits} emits`, fanOut);
+    r.keep = await phase('keep', `keep, ${opts.keepEvents} broadcasts to an empty room`, keepEvents);
     r.rssEndKb = rssKb(srv.pid);
   } finally {
     r.aliveAtEnd = !srv.exited;
@@ -646,39 +838,80 @@ async function benchServer(name, opts, logDir) {
 
 const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
 
+function median(xs) {
+  const v = xs.filter(Number.isFinite).sort((a, b) => a - b);
+  if (!v.length) return NaN;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+// The rows of a table: [phase, label, getter, decimals, better: 'lower' | 'higher' | null (context only)].
+function rowsFor(opts) {
+  return [
+    ['idle', `idle: RSS before (MB)`, (r) => r.idle.rssBeforeKb / 1024, 1, null],
+    ['idle', `idle: RSS with ${opts.conns} conns (MB)`, (r) => r.idle.rssAfterKb / 1024, 1, null],
+    ['idle', `idle: memory per connection (KB)`, (r) => r.idle.kbPerConn, 2, 'lower'],
+    ['idle', `idle: connect rate (conn/s, batches of ${opts.batch})`, (r) => r.idle.connectPerSec, 0, 'higher'],
+    ['idle', `idle: server CPU, connect + ${opts.settle} s idle (s)`, (r) => r.idle.serverCpuSec, 2, 'lower'],
+    ['idle', `idle: RSS ${opts.settle} s after they closed (MB)`, (r) => r.idle.rssClosedKb / 1024, 1, null],
+    ['idle', `idle: RSS still held per closed connection (KB)`, (r) => r.idle.kbPerClosed, 2, 'lower'],
+    ['idle-gc', `idle: Node live JS heap per connection (KB)`, (r) => r.idle.heapPerConnKb, 2, 'lower'],
+    ['idle-gc', `idle: Node live JS heap held per closed connection (KB)`, (r) => r.idle.heapPerClosedKb, 2, 'lower'],
+    ['rtt', `rtt: join_room acks/s (${opts.clients} clients)`, (r) => r.rtt.acksPerSec, 0, 'higher'],
+    ['rtt', `rtt: latency p50 (ms)`, (r) => r.rtt.p50, 2, 'lower'],
+    ['rtt', `rtt: latency p99 (ms)`, (r) => r.rtt.p99, 2, 'lower'],
+    ['rtt', `rtt: server CPU over ${opts.duration} s (s)`, (r) => r.rtt.serverCpuSec, 2, null],
+    ['rtt', `rtt: server CPU per 1000 acks (ms)`, (r) => r.rtt.cpuMsPer1kAcks, 1, 'lower'],
+    ['rtt', `rtt: load-generator CPU (s)`, (r) => r.rtt.clientCpuSec, 2, null],
+    ['fanout', `fan-out: deliveries/s (${opts.receivers} x ${opts.emits})`, (r) => r.fan.perSec, 0, 'higher'],
+    ['fanout', `fan-out: time to deliver all (ms)`, (r) => r.fan.ms, 0, 'lower'],
+    ['fanout', `fan-out: lag after last POST answered (ms)`, (r) => r.fan.lagAfterPostsMs, 0, 'lower'],
+    ['fanout', `fan-out: delivery latency p50 (ms)`, (r) => r.fan.latP50, 2, 'lower'],
+    ['fanout', `fan-out: delivery latency p99 (ms)`, (r) => r.fan.latP99, 2, 'lower'],
+    ['fanout', `fan-out: POST /api/emit p50 (ms)`, (r) => r.fan.postP50, 2, 'lower'],
+    ['fanout', `fan-out: server CPU (s)`, (r) => r.fan.serverCpuSec, 2, 'lower'],
+    ['fanout', `fan-out: server CPU per 1000 deliveries (ms)`, (r) => r.fan.cpuMsPer1kDeliveries, 2, 'lower'],
+    ['fanout', `fan-out: load-generator CPU (s)`, (r) => r.fan.clientCpuSec, 2, null],
+    ['fanout', `fan-out: RSS before the receivers (MB)`, (r) => r.fan.rssBeforeKb / 1024, 1, null],
+    ['fanout', `fan-out: RSS held after, receivers gone (MB)`, (r) => r.fan.heldKb / 1024, 2, 'lower'],
+    ['fanout-gc', `fan-out: Node live JS heap held after (MB)`, (r) => r.fan.heapHeldKb / 1024, 2, 'lower'],
+    ['keep', `keep: broadcasts/s (${opts.keepEvents}, 4 at a time)`, (r) => r.keep.perSec, 0, 'higher'],
+    ['keep', `keep: server CPU per 1000 broadcasts (ms)`, (r) => r.keep.cpuMsPer1kEmits, 1, 'lower'],
+    ['keep', `keep: RSS added (MB)`, (r) => (r.keep.rssAfterKb - r.keep.rssBeforeKb) / 1024, 2, 'lower'],
+    ['keep', `keep: RSS added per broadcast (bytes)`, (r) => r.keep.bytesPerEvent, 0, 'lower'],
+    ['keep-gc', `keep: Node live JS heap added per broadcast (bytes)`, (r) => r.keep.heapBytesPerEvent, 0, 'lower'],
+  ].filter(([phase]) => {
+    // `-gc` rows exist only with --node-gc (Trestle has no such figure: n/a).
+    const [name, gc] = phase.split('-');
+    return opts.phases.includes(name) && (!gc || opts.nodeGc);
+  });
+}
+
+// A row's figure for one variant: the median over its runs that have it.
+function valueOf(results, key, fn) {
+  return median(
+    results
+      .filter((r) => r.name === key && !r.error)
+      .map((r) => {
+        try {
+          return fn(r);
+        } catch {
+          return NaN; // the phase did not run or failed
+        }
+      }),
+  );
+}
+
+function render(head, out, leftCols) {
+  const widths = head.map((h, i) => Math.max(h.length, ...out.map((r) => r[i].length)));
+  const line = (cells) => cells.map((c, i) => (leftCols.has(i) ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...out.map(line)].join('\n');
+}
+
 function table(results, opts) {
-  const t = results.find((r) => r.name === 'trestle');
-  const n = results.find((r) => r.name === 'node');
-  const get = (r, fn) => {
-    try {
-      return r ? fn(r) : NaN;
-    } catch {
-      return NaN;
-    }
-  };
-  // [label, getter, decimals, better: 'lower' | 'higher' | null (context only)]
-  const rows = [
-    [`idle: RSS before (MB)`, (r) => r.idle.rssBeforeKb / 1024, 1, null],
-    [`idle: RSS with ${opts.conns} conns (MB)`, (r) => r.idle.rssAfterKb / 1024, 1, null],
-    [`idle: memory per connection (KB)`, (r) => r.idle.kbPerConn, 2, 'lower'],
-    [`idle: connect rate (conn/s, batches of ${opts.batch})`, (r) => r.idle.connectPerSec, 0, 'higher'],
-    [`idle: server CPU, connect + ${opts.settle} s idle (s)`, (r) => r.idle.serverCpuSec, 2, 'lower'],
-    [`rtt: join_room acks/s (${opts.clients} clients)`, (r) => r.rtt.acksPerSec, 0, 'higher'],
-    [`rtt: latency p50 (ms)`, (r) => r.rtt.p50, 2, 'lower'],
-    [`rtt: latency p99 (ms)`, (r) => r.rtt.p99, 2, 'lower'],
-    [`rtt: server CPU over ${opts.duration} s (s)`, (r) => r.rtt.serverCpuSec, 2, null],
-    [`rtt: server CPU per 1000 acks (ms)`, (r) => r.rtt.cpuMsPer1kAcks, 1, 'lower'],
-    [`rtt: load-generator CPU (s)`, (r) => r.rtt.clientCpuSec, 2, null],
-    [`fan-out: deliveries/s (${opts.receivers} x ${opts.emits})`, (r) => r.fan.perSec, 0, 'higher'],
-    [`fan-out: time to deliver all (ms)`, (r) => r.fan.ms, 0, 'lower'],
-    [`fan-out: lag after last POST answered (ms)`, (r) => r.fan.lagAfterPostsMs, 0, 'lower'],
-    [`fan-out: POST /api/emit p50 (ms)`, (r) => r.fan.postP50, 2, 'lower'],
-    [`fan-out: server CPU (s)`, (r) => r.fan.serverCpuSec, 2, 'lower'],
-    [`fan-out: load-generator CPU (s)`, (r) => r.fan.clientCpuSec, 2, null],
-  ];
-  const out = rows.map(([label, fn, d, better]) => {
-    const a = get(t, fn);
-    const b = get(n, fn);
+  const out = rowsFor(opts).map(([, label, fn, d, better]) => {
+    const a = valueOf(results, 'trestle', fn);
+    const b = valueOf(results, 'node', fn);
     let ratio = '-';
     let winner = '-';
     if (better && Number.isFinite(a) && Number.isFinite(b) && a > 0 && b > 0) {
@@ -691,16 +924,82 @@ function table(results, opts) {
     }
     return [label, f(a, d), f(b, d), ratio, winner];
   });
-  const head = ['metric', 'trestle', 'node', 'ratio (>1 = trestle better)', 'better'];
-  const widths = head.map((h, i) => Math.max(h.length, ...out.map((r) => r[i].length)));
-  const line = (cells) => cells.map((c, i) => (i === 0 || i >= 3 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
-  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...out.map(line)].join('\n');
+  return render(['metric', 'trestle', 'node', 'ratio (>1 = trestle better)', 'better'], out, new Set([0, 3, 4]));
 }
 
-function notes(r) {
+// --recovery-compare: each server with recovery on and off. "on-off" is what recovery adds,
+// "on/off" the same as a factor (above 1: recovery costs more, or does more for a rate).
+function recoveryTable(results, opts) {
+  const pairs = [
+    ['trestle', 'trestle-off'],
+    ['node-rec', 'node'],
+  ];
+  const cell = (x, d) => f(x, d);
+  const diff = (on, off, d) => (Number.isFinite(on) && Number.isFinite(off) ? `${on - off >= 0 ? '+' : ''}${(on - off).toFixed(d)}` : '-');
+  const ratio = (on, off) => (Number.isFinite(on) && Number.isFinite(off) && off > 0 && on >= 0 ? `${(on / off).toFixed(2)}x` : '-');
+  const out = rowsFor(opts).map(([, label, fn, d, better]) => {
+    const row = [label];
+    for (const [onKey, offKey] of pairs) {
+      const on = valueOf(results, onKey, fn);
+      const off = valueOf(results, offKey, fn);
+      row.push(cell(on, d), cell(off, d), better ? diff(on, off, d) : '-', better ? ratio(on, off) : '-');
+    }
+    const tOn = valueOf(results, 'trestle', fn);
+    const nOn = valueOf(results, 'node-rec', fn);
+    let vs = '-';
+    if (better && Number.isFinite(tOn) && Number.isFinite(nOn) && tOn > 0 && nOn > 0) vs = `${(better === 'lower' ? nOn / tOn : tOn / nOn).toFixed(2)}x`;
+    row.push(vs);
+    return row;
+  });
+  const head = [
+    'metric',
+    'trestle on',
+    'trestle off',
+    'on-off',
+    'on/off',
+    'node on',
+    'node off',
+    'on-off',
+    'on/off',
+    'trestle vs node, both on (>1 = trestle better)',
+  ];
+  return render(head, out, new Set([0]));
+}
+
+// With --repeat: each run's figure, for the rows that compare.
+function perRun(results, opts, keys) {
+  const out = [];
+  for (const [, label, fn, d, better] of rowsFor(opts)) {
+    if (!better) continue;
+    const parts = keys.map((k) => {
+      const vals = results
+        .filter((r) => r.name === k)
+        .map((r) => {
+          try {
+            return f(fn(r), d);
+          } catch {
+            return 'n/a';
+          }
+        });
+      return `${results.find((r) => r.name === k)?.label ?? k} ${vals.join(' / ')}`;
+    });
+    out.push(`  ${label}: ${parts.join('; ')}`);
+  }
+  return out;
+}
+
+function notes(r, opts) {
   const out = [];
   const i = r.idle;
-  const add = (s) => out.push(`  ${r.name}: ${s}`);
+  const add = (s) => out.push(`  ${r.label ?? r.name}${opts.repeat > 1 ? ` (run ${r.run})` : ''}: ${s}`);
+  // Whether recovery was on is seen on the wire: a pid in the CONNECT answer, an offset after each tick.
+  if (i && r.recovery !== undefined && i.connected && (r.recovery ? i.withPid < i.connected : i.withPid > 0)) {
+    add(`idle: recovery ${r.recovery ? 'on' : 'off'}, yet ${i.withPid} of ${i.connected} CONNECT answers had a pid`);
+  }
+  const fo = r.fan;
+  if (fo && r.recovery !== undefined && fo.delivered && (r.recovery ? fo.withOffset < fo.delivered : fo.withOffset > 0)) {
+    add(`fan-out: recovery ${r.recovery ? 'on' : 'off'}, yet ${fo.withOffset} of ${fo.delivered} ticks had an offset`);
+  }
   if (i) {
     if (i.connectErrors) add(`idle: ${i.connectErrors} connections failed (${i.errorSamples.join('; ')})`);
     if (i.stillOpen !== i.connected) add(`idle: only ${i.stillOpen} of ${i.connected} connections still open when RSS was read`);
@@ -726,8 +1025,13 @@ function notes(r) {
     if (fa.outOfOrder) add(`fan-out: ${fa.outOfOrder} ticks out of order or unparsable`);
     if (fa.otherEvents) add(`fan-out: receivers also got ${fa.otherEvents} other events (e.g. status_change)`);
     if (fa.unexpectedCloses || fa.serverDisconnects) add(`fan-out: ${fa.unexpectedCloses} unexpected closes, ${fa.serverDisconnects} server disconnects`);
-    add(`fan-out: all ${fa.emits} POSTs answered after ${f(fa.postsMs, 0)} ms, POST p99 ${f(fa.postP99, 2)} ms`);
+    add(
+      `fan-out: all ${fa.emits} POSTs answered after ${f(fa.postsMs, 0)} ms, POST p99 ${f(fa.postP99, 2)} ms, ` +
+        `delivery latency max ${f(fa.latMax, 1)} ms, RSS with the receivers ${f(fa.rssWithKb / 1024, 1)} MB`,
+    );
   }
+  const k = r.keep;
+  if (k && Object.keys(k.badStatus).length) add(`keep: POST answers other than 202: ${JSON.stringify(k.badStatus)}`);
   for (const [k, v] of Object.entries(r.otherCpu ?? {})) {
     if (v.cores > 0.1) add(`${k}: OTHER processes on the machine used ${f(v.cores * 100, 0)}% of a core on average during this phase; figures are disturbed`);
   }
@@ -752,14 +1056,17 @@ async function main() {
     console.error(err.message);
     process.exit(2);
   }
+  const variants = variantsFor(opts);
+  const names = [...new Set(variants.map((v) => v.kind))];
+  // 15 minutes for the usual two servers, longer for more servers or runs.
+  const watchdogMin = Math.round(15 * Math.max(1, (opts.repeat * variants.length) / 2));
   const watchdog = setTimeout(() => {
-    log('watchdog: the run took over 15 minutes, giving up');
+    log(`watchdog: the run took over ${watchdogMin} minutes, giving up`);
     killAll();
     process.exit(2);
-  }, 15 * 60_000);
+  }, watchdogMin * 60_000);
   watchdog.unref();
 
-  const names = opts.only ? [opts.only] : ['trestle', 'node'];
   if (names.includes('trestle')) prepareTrestle(opts);
   if (names.includes('node')) prepareReference(opts);
   const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'trestle-bench-'));
@@ -782,20 +1089,26 @@ async function main() {
 
   const started = Date.now();
   const results = [];
-  for (const name of names) {
-    try {
-      results.push(await benchServer(name, opts, logDir));
-    } catch (err) {
-      log(`${name} failed: ${err.stack ?? err}`);
-      results.push({ name, error: err.message });
+  // Runs interleave (every server once, then again), so that a slow spell of the machine
+  // falls on every server rather than on one.
+  for (let run = 1; run <= opts.repeat; run++) {
+    for (const v of variants) {
+      try {
+        results.push(await benchServer(v, opts, logDir, run));
+      } catch (err) {
+        log(`${v.label} failed: ${err.stack ?? err}`);
+        results.push({ name: v.key, label: v.label, run, recovery: v.recovery, error: err.message });
+      }
+      await sleep(1000);
     }
-    await sleep(1000);
   }
   const seconds = (Date.now() - started) / 1000;
 
   const cores = os.cpus().length;
   console.log('');
-  console.log(`Trestle vs Node reference server (socket.io 4.8)  ${new Date().toISOString()}`);
+  console.log(
+    `${opts.recoveryCompare ? 'Connection state recovery on and off: ' : ''}Trestle vs Node reference server (socket.io 4.8)  ${new Date().toISOString()}`,
+  );
   console.log(
     `machine: ${cores} cores (${os.cpus()[0]?.model ?? '?'}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; ` +
       `servers run one at a time on ${HOST}.`,
@@ -814,9 +1127,26 @@ async function main() {
       `clients=${opts.clients} for ${opts.duration} s (+${opts.warmup} s warm-up), receivers=${opts.receivers}, emits=${opts.emits}, ` +
       `users: ${opts.uniqueUsers ? 'one per connection' : 'every connection is the same user'}; CPU ticks at ${CLK_TCK} Hz`,
   );
+  console.log(
+    `phases: ${opts.phases.join(', ')}${opts.phases.includes('keep') ? ` (keep: ${opts.keepEvents} broadcasts)` : ''}; ` +
+      `servers: ${variants.map((v) => v.label).join(', ')}` +
+      (opts.repeat > 1 ? `; each run ${opts.repeat} times, interleaved: figures are medians` : '') +
+      (opts.nodeGc ? '; Node RSS read after a full GC (--node-gc)' : ''),
+  );
+  if (opts.recoveryCompare) {
+    console.log(
+      'recovery: Trestle RECOVERY_MAX_DISCONNECT_MS=120000 (on) and 0 (off); the Node server as it is (off) and with ' +
+        'connectionStateRecovery {maxDisconnectionDuration: 120000} set by a preload (on).',
+    );
+  }
   console.log('');
-  console.log(table(results, opts));
-  const allNotes = results.flatMap(notes);
+  console.log(opts.recoveryCompare ? recoveryTable(results, opts) : table(results, opts));
+  if (opts.repeat > 1) {
+    console.log('');
+    console.log('per run:');
+    for (const l of perRun(results, opts, variants.map((v) => v.key))) console.log(l);
+  }
+  const allNotes = results.flatMap((r) => notes(r, opts));
   if (allNotes.length) {
     console.log('');
     console.log('notes:');

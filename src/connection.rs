@@ -234,8 +234,11 @@ pub fn on_connect<A: Adapter>(
 ) -> impl FnOnce(RawSocket<A>) -> futures_util::future::Ready<()> + Clone + Send + Sync + 'static {
     move |RawSocket(socket): RawSocket<A>| {
         app.state.metrics.connected();
+        if socket.recovered() {
+            app.state.metrics.recovered();
+        }
         if let Some(conn) = conn_of(&socket) {
-            tracing::info!(sid = %socket.id, user = %conn.user.id, transport = ?socket.transport_type(), "connected");
+            tracing::info!(sid = %socket.id, user = %conn.user.id, transport = ?socket.transport_type(), recovered = socket.recovered(), "connected");
             app.state.socket_feed.connected(socket.id);
             tokio::spawn(drain(app.clone(), socket.clone(), conn));
         }
@@ -304,32 +307,63 @@ fn park<A: Adapter>(
     at: u64,
     store: Arc<dyn SessionStore>,
 ) {
-    let lease = conn.presence.as_ref().and_then(Lease::park);
-    let (user, joined) = (conn.user.clone(), conn.joined_rooms());
     let wait = store.window() + PARK_MARGIN;
-    let parking = &app.state.parking;
-    let app = app.clone();
-    parking.spawn(move |stopping| async move {
-        let outcome = tokio::select! {
-            _ = tokio::time::sleep(wait) => discard(&*store, &pid, at).await,
-            _ = stopping.wait() => Outcome::Lost,
+    let parked = Box::new(Parked {
+        app: app.clone(),
+        sid,
+        user: conn.user.clone(),
+        joined: conn.joined_rooms(),
+        lease: conn.presence.as_ref().and_then(Lease::park),
+        pid,
+        at,
+        store,
+    });
+    app.state.parking.spawn(move |stopping| async move {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = stopping.wait() => true,
+        };
+        // Boxed: the many waiting sockets hold only a timer and this pointer, not the
+        // state of the Redis calls and emits that end the wait.
+        Box::pin(parked.settle(stopped)).await;
+    });
+}
+
+/// What a socket that may recover leaves behind meanwhile.
+struct Parked<A: Adapter> {
+    app: App<A>,
+    sid: Sid,
+    user: User,
+    joined: Vec<Room>,
+    lease: Option<Lease>,
+    pid: String,
+    at: u64,
+    store: Arc<dyn SessionStore>,
+}
+
+impl<A: Adapter> Parked<A> {
+    async fn settle(self: Box<Self>, stopped: bool) {
+        let outcome = if stopped {
+            Outcome::Lost
+        } else {
+            discard(&*self.store, &self.pid, self.at).await
         };
         match outcome {
             Outcome::Restored => {
-                if let Some(lease) = lease {
-                    lease.forget(app.io.get_socket(sid).is_some());
+                if let Some(lease) = &self.lease {
+                    lease.forget(self.app.io.get_socket(self.sid).is_some());
                 }
             }
             Outcome::Lost => {
-                for room in &joined {
-                    handlers::rooms::announce_gone(&app, &user, room).await;
+                for room in &self.joined {
+                    handlers::rooms::announce_gone(&self.app, &self.user, room).await;
                 }
-                if let Some(lease) = &lease {
+                if let Some(lease) = &self.lease {
                     handlers::presence::disconnected(lease).await;
                 }
             }
         }
-    });
+    }
 }
 
 /// Ends the wait for a session; a store that does not answer is asked again a few times,

@@ -27,8 +27,10 @@
 //!    [`store::Objects`], the document bytes), [`cluster`] (the Redis adapter, emits that
 //!    fall back to this instance while Redis is down, the readiness check, and the presence
 //!    registry [`cluster::presence`]: interface in `mod.rs`, backings in `memory.rs` and
-//!    `redis.rs`, the Redis Lua scripts in `lua/*.lua`; and [`cluster::emitter`], the
-//!    `@socket.io/redis-emitter` messages delivered to this instance's sockets).
+//!    `redis.rs`, the Redis Lua scripts in `lua/*.lua`; [`cluster::emitter`], the
+//!    `@socket.io/redis-emitter` messages delivered to this instance's sockets; and
+//!    [`cluster::recovery`], connection state recovery's sessions and kept events in Redis,
+//!    its Lua scripts in `recovery/*.lua`).
 //! 4. [`app`]: [`app::AppState`], what one server shares (built once, by `server`), and
 //!    [`app::App`], that state with the Socket.IO handle; the offline deliveries under way.
 //! 5. [`session`]: what one socket holds, [`session::Conn`]: its user, joined rooms, event

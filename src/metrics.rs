@@ -166,6 +166,10 @@ impl Metrics {
         );
         describe("trestle_api_emit_total", "Accepted POST /api/emit requests");
         describe(
+            "trestle_recoveries_total",
+            "Connections that recovered a lost connection's session (connection state recovery)",
+        );
+        describe(
             "trestle_presence_changes_total",
             "status_change announcements sent by this instance, by status",
         );
@@ -199,10 +203,12 @@ impl Metrics {
                 vec![Label::new("reason", reason)],
             );
         }
-        let _ = recorder.register_counter(
-            &Key::from_static_name("trestle_rate_limit_disconnects_total"),
-            &METADATA,
-        );
+        for name in [
+            "trestle_rate_limit_disconnects_total",
+            "trestle_recoveries_total",
+        ] {
+            let _ = recorder.register_counter(&Key::from_static_name(name), &METADATA);
+        }
         let metrics = Metrics {
             handle: recorder.handle(),
             connected: recorder.register_gauge(
@@ -286,6 +292,16 @@ impl Metrics {
         self.recorder
             .register_counter(
                 &Key::from_static_name("trestle_rate_limit_disconnects_total"),
+                &METADATA,
+            )
+            .increment(1);
+    }
+
+    /// A socket got a lost connection's session back.
+    pub fn recovered(&self) {
+        self.recorder
+            .register_counter(
+                &Key::from_static_name("trestle_recoveries_total"),
                 &METADATA,
             )
             .increment(1);

@@ -199,6 +199,19 @@ pub async fn serve(
             let grace = Duration::from_millis(state.config.presence_grace_ms);
             let client = presence::redis_client(&url, &link).await?;
             let prefix = state.config.presence_key_prefix();
+            // Kept events and sessions in Redis, so a client may recover through any
+            // instance.
+            if let Some(window) = state.config.recovery_window() {
+                let cfg = &state.config;
+                state.recovery = Some(Arc::new(cluster::recovery::RedisStore::new(
+                    client.clone(),
+                    link.clone(),
+                    &cfg.recovery_key_prefix(),
+                    window,
+                    cfg.recovery_max_events,
+                    cfg.recovery_max_replay,
+                )));
+            }
             state.presence = Arc::new(Registry::redis(client, &prefix, grace, link).await?);
             let builder = SocketIo::builder().with_adapter::<FredAdapter<_>>(adapter);
             let (router, app) = app(Arc::new(state), builder);

@@ -30,7 +30,8 @@ function countingClient(server, claims, event) {
       else if (text.startsWith('44')) reject(new Error(text));
       else if (text === '2') ws.send('3');
       else if (text.startsWith(prefix)) {
-        const n = Number(text.slice(prefix.length, -1));
+        // The number, then `]` or, with connection state recovery, `,"<offset>"]`.
+        const n = parseInt(text.slice(prefix.length), 10);
         seen.set(n, (seen.get(n) ?? 0) + 1);
       }
     });

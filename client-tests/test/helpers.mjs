@@ -69,6 +69,10 @@ export async function startServer(overrides = {}, { readyTimeoutMs = 15_000 } = 
     API_KEY,
     LOG_FORMAT: 'json',
     RUST_LOG: 'warn',
+    // Connection state recovery is on by default (README); these tests pin what a lost
+    // connection does without it (its user leaves its rooms at once). recovery.test.mjs
+    // turns it on, and the README test runs the defaults.
+    RECOVERY_MAX_DISCONNECT_MS: '0',
     // Each server keeps its SQLite file (the default store) in a directory of its own.
     DATA_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'trestle-data-')),
   };

@@ -117,9 +117,9 @@ impl AppState {
             ),
             deliveries: Default::default(),
             socket_feed: SocketFeed::default(),
-            recovery: (config.recovery_max_disconnect_ms > 0).then(|| {
+            recovery: config.recovery_window().map(|window| {
                 Arc::new(MemoryStore::new(
-                    Duration::from_millis(config.recovery_max_disconnect_ms),
+                    window,
                     config.recovery_max_events,
                     config.recovery_max_replay,
                 )) as Arc<dyn SessionStore>

@@ -38,6 +38,7 @@ use socketioxide_redis::{RedisAdapterConfig, RedisAdapterCtr, drivers::fred::Fre
 pub mod emitter;
 pub mod link;
 pub mod presence;
+pub mod recovery;
 
 pub use link::Link;
 

@@ -166,6 +166,19 @@ impl Config {
         format!("{}{{trestle:presence}}:", self.redis_prefix)
     }
 
+    /// The prefix of connection state recovery's Redis keys (`…recovery:events`, the
+    /// stream of kept events, and `…recovery:session:<pid>`): each command uses one key,
+    /// so they need no common hash tag on a Redis Cluster.
+    pub fn recovery_key_prefix(&self) -> String {
+        format!("{}trestle:", self.redis_prefix)
+    }
+
+    /// The connection state recovery window; `None` when recovery is off.
+    pub fn recovery_window(&self) -> Option<Duration> {
+        (self.recovery_max_disconnect_ms > 0)
+            .then(|| Duration::from_millis(self.recovery_max_disconnect_ms))
+    }
+
     /// The ping interval as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)

@@ -70,6 +70,10 @@ pub struct Namespace<A: Adapter> {
     connecting: Mutex<HashSet<Sid>>,
     /// Trestle patch: connection state recovery's store, when it is on.
     pub(crate) recovery: Option<Arc<dyn SessionStore>>,
+    /// Trestle patch: held from keeping a broadcast to handing it to the adapter, so that
+    /// this server's sockets get kept events in offset order (a client's last offset is
+    /// then the highest it has, and a replay after it repeats nothing).
+    order: tokio::sync::Mutex<()>,
 }
 
 /// Marks a socket as connecting to a namespace until dropped.
@@ -150,6 +154,7 @@ impl<A: Adapter> Namespace<A> {
             esids: HashMap::new().into(), // Trestle patch
             connecting: HashSet::new().into(),
             recovery: config.recovery.clone(), // Trestle patch
+            order: tokio::sync::Mutex::new(()),  // Trestle patch
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -370,15 +375,21 @@ impl<A: Adapter> Namespace<A> {
 
     /// Trestle patch: keeps a broadcast event for recovery and gives it its offset, when
     /// recovery is on and the event may be kept (no ack, not volatile).
-    pub(crate) async fn keep(&self, packet: &mut Packet, opts: &BroadcastOptions) {
-        let Some(store) = &self.recovery else { return };
+    /// The returned guard is to be held until the adapter has the packet.
+    pub(crate) async fn keep(
+        &self,
+        packet: &mut Packet,
+        opts: &BroadcastOptions,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        let store = self.recovery.as_ref()?;
         if opts.has_flag(BroadcastFlags::Volatile) {
-            return;
+            return None;
         }
         let data = match &mut packet.inner {
             PacketData::Event(data, None) | PacketData::BinaryEvent(data, None) => data,
-            _ => return,
+            _ => return None,
         };
+        let order = self.order.lock().await;
         let kept = Kept {
             data: data.clone(),
             opts: opts.clone(),
@@ -395,6 +406,7 @@ impl<A: Adapter> Namespace<A> {
                 tracing::warn!(error = %_e, "connection state recovery: could not keep an event");
             }
         }
+        Some(order)
     }
 
     /// Removes a socket from a namespace

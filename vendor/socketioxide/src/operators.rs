@@ -267,7 +267,7 @@ impl<A: Adapter> BroadcastOperators<A> {
         async move {
             let mut packet = packet?;
             // Trestle patch: kept for connection state recovery, with its offset.
-            self.ns.keep(&mut packet, &self.opts).await;
+            let _order = self.ns.keep(&mut packet, &self.opts).await;
             self.ns
                 .adapter
                 .broadcast(packet, self.opts)

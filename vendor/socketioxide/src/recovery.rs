@@ -301,16 +301,18 @@ impl SessionStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
         let now = now_ms();
         let mut m = self.inner.lock().unwrap();
+        // An offset that is not kept leaves the session waiting: whoever presented it
+        // (perhaps not its owner) must not take the owner's recovery away.
+        let kept = self.index_of(&m, offset).is_some();
         let found = match m.sessions.get_mut(pid) {
             Some((s, state @ Saved::Waiting))
-                if s.ns == ns && !self.expired(s.disconnected_at, now) =>
+                if kept && s.ns == ns && !self.expired(s.disconnected_at, now) =>
             {
                 *state = Saved::Restored;
                 Some(s.clone())
             }
             _ => None,
         };
-        let found = found.filter(|_| self.index_of(&m, offset).is_some());
         Box::pin(std::future::ready(Ok(found)))
     }
 
@@ -551,7 +553,7 @@ mod tests {
             Outcome::Lost
         );
         store.record("/", &kept("b", &[])).await.unwrap();
-        store.record("/", &kept("c", &[])).await.unwrap();
+        let kept_c = store.record("/", &kept("c", &[])).await.unwrap().unwrap();
         store.save(session("p", now_ms())).await.unwrap();
         assert!(
             store.restore("/", "p", first).await.unwrap().is_none(),
@@ -564,6 +566,10 @@ mod tests {
                 .unwrap()
                 .is_none(),
             "another run's offset"
+        );
+        assert!(
+            store.restore("/", "p", kept_c).await.unwrap().is_some(),
+            "a wrong offset (perhaps not from the owner) leaves the session to its owner"
         );
     }
 
