@@ -1,7 +1,9 @@
 // The client-suite fixture (`target/release/conformance --suite client`, what socket.io-client's
 // own test suite runs against) through socket.io-client: connection over each transport,
 // namespaces and middleware errors, acks both ways, binary in both directions and in order,
-// UTF-8, dates, the handshake's query and auth, connection timeouts and reconnection.
+// UTF-8, dates, the handshake's query and auth, connection timeouts and reconnection, and
+// connection state recovery (on, as in the suite's server: every event a handler emits
+// without an ack carries an offset as its last argument, which socket.io-client passes on).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
@@ -54,6 +56,14 @@ function once(emitter, event, ms = 3000) {
 
 const connected = (s) => (s.connected ? Promise.resolve() : once(s, 'connect'));
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+const OFFSET = /^\d+-\d+$/;
+
+/** `args` are `expected` followed by an offset. */
+function assertWithOffset(args, expected) {
+  assert.equal(args.length, expected.length + 1, JSON.stringify(args));
+  assert.deepEqual(args.slice(0, -1), expected);
+  assert.match(args.at(-1), OFFSET);
+}
 
 describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }, () => {
   describe('connection', () => {
@@ -63,7 +73,7 @@ describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }
         await connected(s);
         const hi = once(s, 'hi');
         s.emit('hi');
-        assert.deepEqual(await hi, []);
+        assertWithOffset(await hi, []);
         // the id the server knows is the client's
         assert.equal(await s.emitWithAck('getId'), s.id);
         s.disconnect();
@@ -82,7 +92,10 @@ describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }
         await once(s.io.engine, 'upgrade');
         while (!received.includes('30[null]')) await once(s.io.engine, 'packet');
         assert.deepEqual(sent, ['0', '20["echo",null]']);
-        assert.deepEqual(received.slice(1), [`0{"sid":"${s.id}"}`, '30[null]'], `connection ${i + 1}`);
+        assert.equal(received.length, 3, `connection ${i + 1}: ${JSON.stringify(received)}`);
+        assert.equal(received[1][0], '0');
+        assert.deepEqual(JSON.parse(received[1].slice(1)), { sid: s.id, pid: s._pid }, `connection ${i + 1}`);
+        assert.equal(received[2], '30[null]', `connection ${i + 1}`);
         s.disconnect();
       }
     });
@@ -91,7 +104,7 @@ describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }
       const s = connect();
       const got = once(s, 'false');
       s.emit('false');
-      assert.deepEqual(await got, [false]);
+      assertWithOffset(await got, [false]);
       s.disconnect();
     });
   });
@@ -293,9 +306,15 @@ describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }
       const [first] = await once(s, 'handshake');
       assert.deepEqual(first.auth, { n: 1 });
       s.disconnect();
+      const pid = s._pid;
       const again = once(s, 'handshake');
       s.connect();
-      assert.deepEqual((await again)[0].auth, { n: 2 });
+      // socket.io-client adds its session id and last offset to the auth payload of every
+      // later CONNECT; a socket disconnected on purpose is not recovered all the same
+      const { offset, ...auth } = (await again)[0].auth;
+      assert.deepEqual(auth, { n: 2, pid });
+      assert.match(offset, OFFSET);
+      assert.equal(s.recovered, false);
       s.disconnect();
     });
   });
@@ -328,9 +347,112 @@ describe('client-suite fixture', { skip: IS_REFERENCE && 'Trestle binary only' }
       await reconnected;
       assert.equal(await echoed, 'buffered while offline');
       assert.ok(s.connected);
-      // no connection state recovery: a new session
+      // no event had arrived, so the client had no offset to recover from: a new session
       assert.notEqual(s.id, firstId);
+      assert.equal(s.recovered, false);
       s.disconnect();
+    });
+  });
+
+  describe('connection state recovery (test/connection-state-recovery.ts)', () => {
+    /** Emits `hi` and resolves with the offset of the answer. */
+    async function hi(s) {
+      const got = once(s, 'hi');
+      s.emit('hi');
+      const args = await got;
+      assertWithOffset(args, []);
+      return args[0];
+    }
+
+    for (const transports of [undefined, ['websocket'], ['polling']]) {
+      test(`a lost connection gets its socket id back, over ${transports?.join() ?? 'polling then websocket'}`, async () => {
+        // the suite's "should have an accessible socket id equal to the server-side socket
+        // id (default namespace)"
+        const s = connect('/', { transports, reconnection: true, reconnectionDelay: 10 });
+        assert.equal(s.recovered, false);
+        const offset = await hi(s); // the client recovers only once it has an offset
+        const id = s.id;
+        const reconnected = once(s, 'connect');
+        s.io.engine.close();
+        await reconnected;
+        assert.equal(s.id, id);
+        assert.equal(s.recovered, true);
+        // the server knows the socket by that id, and its events still carry offsets, later ones
+        assert.equal(await s.emitWithAck('getId'), id);
+        const next = await hi(s);
+        const [a, b] = [offset, next].map((o) => o.split('-').map(BigInt));
+        assert.ok(a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]), `${next} is not after ${offset}`);
+        s.disconnect();
+      });
+    }
+
+    test('a connection lost before any event arrived has no offset: a new session', async () => {
+      const s = connect('/', { reconnection: true, reconnectionDelay: 10 });
+      await connected(s);
+      const id = s.id;
+      assert.equal(typeof s._pid, 'string');
+      const reconnected = once(s, 'connect');
+      s.io.engine.close();
+      await reconnected;
+      assert.notEqual(s.id, id);
+      assert.equal(s.recovered, false);
+      s.disconnect();
+    });
+
+    test('a socket disconnected on purpose is not recovered', async () => {
+      const s = connect();
+      await hi(s);
+      const id = s.id;
+      s.disconnect();
+      const again = once(s, 'connect');
+      s.connect();
+      await again;
+      assert.notEqual(s.id, id);
+      assert.equal(s.recovered, false);
+      s.disconnect();
+    });
+
+    test('a session id of a connected socket, or an offset the server never gave, recovers nothing', async () => {
+      const victim = connect();
+      const offset = await hi(victim);
+      for (const auth of [
+        { pid: victim._pid, offset },
+        { pid: 'x'.repeat(32), offset },
+        { pid: victim._pid, offset: '1-0' },
+        { pid: victim._pid, offset: 'not an offset' },
+        { pid: victim._pid, offset: 17 },
+      ]) {
+        const other = connect('/', { auth });
+        await connected(other);
+        assert.equal(other.recovered, false, JSON.stringify(auth));
+        assert.notEqual(other.id, victim.id);
+        other.disconnect();
+      }
+      assert.equal(await victim.emitWithAck('getId'), victim.id);
+      victim.disconnect();
+    });
+
+    test('a wrong offset with the session id of a lost socket leaves the session to its owner', async () => {
+      const victim = connect();
+      const offset = await hi(victim);
+      const id = victim.id;
+      const lost = once(victim, 'disconnect');
+      victim.io.engine.close();
+      await lost;
+      for (const wrong of ['1-0', 'not an offset']) {
+        const other = connect('/', { auth: { pid: victim._pid, offset: wrong } });
+        await connected(other);
+        assert.equal(other.recovered, false, wrong);
+        assert.notEqual(other.id, id);
+        other.disconnect();
+      }
+      const back = once(victim, 'connect');
+      victim.connect();
+      await back;
+      assert.equal(victim._lastOffset, offset);
+      assert.equal(victim.id, id);
+      assert.equal(victim.recovered, true);
+      victim.disconnect();
     });
   });
 });

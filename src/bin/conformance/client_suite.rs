@@ -1,6 +1,7 @@
 //! The fixture of socket.io-client's own test suite: what its `test/support/server.ts` sets
 //! up (github.com/socketio/socket.io, `packages/socket.io-client`), written against
-//! socketioxide. Connection state recovery is not offered.
+//! socketioxide, with connection state recovery on (its `connectionStateRecovery: {}`:
+//! socket.io's defaults, a 2 minute window).
 //!
 //! pingInterval 2000 ms; handshakes answered after 10 ms, so that a client `timeout` of 0
 //! expires first. On `/`, a middleware refuses handshakes whose query has `fail`, and the
@@ -8,6 +9,11 @@
 //! directions (in order), `getHandshake` and `getId`. `/foo` answers `getId`; `/abc` emits
 //! `handshake` on connect; `/no` refuses every socket; `/timeout_socket`, `/valid` and
 //! `/asd` just exist.
+//!
+//! With recovery on, socket.io sends an event a handler emits to its own socket without an
+//! ack through the adapter, as a broadcast to the socket's room, so that it is kept and
+//! carries an offset (the suite's recovery test needs one before it drops the connection):
+//! the handlers here do the same with [`emit_kept`].
 
 use std::{
     convert::Infallible,
@@ -31,6 +37,7 @@ use socketioxide::{
     extract::{AckSender, SocketRef, TryData},
     handler::ConnectHandler,
     layer::SocketIoLayer,
+    recovery::MemoryStore,
 };
 use time::{OffsetDateTime, macros::format_description};
 
@@ -113,6 +120,13 @@ fn is_mixed_binary(a: &Dyn) -> bool {
 
 const NO_ARGS: ArgList = ArgList(Vec::new());
 
+/// socket.io's `socket.emit` without an ack when recovery is on: a broadcast to the
+/// socket's own room, which the store keeps and gives an offset (`within`, unlike `to`,
+/// does not leave the sender out). The socket must be in that room ([`join_own_room`]).
+async fn emit_kept<T: serde::Serialize + ?Sized>(s: &SocketRef, event: &'static str, data: &T) {
+    s.within(s.id).emit(event, data).await.ok();
+}
+
 /// A handler that sets `flag` when its first argument is binary, in the handler closure
 /// itself: see the ordering note in `on_main`.
 fn mark_when_binary(
@@ -124,6 +138,11 @@ fn mark_when_binary(
         }
         std::future::ready(())
     }
+}
+
+/// socket.io puts every socket in the room named by its id; socketioxide does not.
+fn join_own_room(socket: &SocketRef) {
+    socket.join(socket.id.to_string());
 }
 
 async fn main_middleware(s: SocketRef) -> Result<(), &'static str> {
@@ -147,8 +166,9 @@ async fn no_middleware(_: SocketRef) -> Result<(), &'static str> {
 /// namespace does in `connection::admit`).
 async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(), Infallible> {
     let hs = handshake(&socket, &auth_of(auth));
+    join_own_room(&socket);
     socket.on("hi", async |s: SocketRef| {
-        s.emit("hi", &NO_ARGS).ok();
+        emit_kept(&s, "hi", &NO_ARGS).await;
     });
     socket.on(
         "echo",
@@ -163,17 +183,17 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(),
         };
         let Ok(answer) = pending.await else { return };
         if answer.arg(0).is_number(5) && answer.arg(1).get("test").is_some_and(Dyn::is_truthy) {
-            s.emit("got it", &NO_ARGS).ok();
+            emit_kept(&s, "got it", &NO_ARGS).await;
         }
     });
     socket.on("getAckDate", async |ack: AckSender| {
         ack.send(&iso_now()).ok();
     });
     socket.on("getDate", async |s: SocketRef| {
-        s.emit("takeDate", &iso_now()).ok();
+        emit_kept(&s, "takeDate", &iso_now()).await;
     });
     socket.on("getDateObj", async |s: SocketRef| {
-        s.emit("takeDateObj", &json!({ "date": iso_now() })).ok();
+        emit_kept(&s, "takeDateObj", &json!({ "date": iso_now() })).await;
     });
     socket.on("getUtf8", async |s: SocketRef| {
         for text in [
@@ -183,17 +203,17 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(),
             "utf8 — string",
             "utf8 — string",
         ] {
-            s.emit("takeUtf8", text).ok();
+            emit_kept(&s, "takeUtf8", text).await;
         }
     });
     socket.on("false", async |s: SocketRef| {
-        s.emit("false", &false).ok();
+        emit_kept(&s, "false", &false).await;
     });
     socket.on("doge", async |s: SocketRef| {
-        s.emit("doge", &Bytes::from_static(b"asdfasdf")).ok();
+        emit_kept(&s, "doge", &Bytes::from_static(b"asdfasdf")).await;
     });
     socket.on("getbin", async |s: SocketRef| {
-        s.emit("takebin", &Bytes::from_static(b"asdfasdf")).ok();
+        emit_kept(&s, "takebin", &Bytes::from_static(b"asdfasdf")).await;
     });
     // Each of these is answered with an event of its own when its argument has the shape
     // the suite sends.
@@ -208,7 +228,7 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(),
             event,
             async move |s: SocketRef, TryData(args): TryData<ArgList>| {
                 if args.is_ok_and(|a| check(a.arg(0))) {
-                    s.emit(reply, &NO_ARGS).ok();
+                    emit_kept(&s, reply, &NO_ARGS).await;
                 }
             },
         );
@@ -224,7 +244,7 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(),
         let after_abuff1 = abuff1.load(Ordering::SeqCst);
         async move {
             if after_abuff1 {
-                s.emit("abuff2-ack", &NO_ARGS).ok();
+                emit_kept(&s, "abuff2-ack", &NO_ARGS).await;
             }
         }
     });
@@ -250,7 +270,7 @@ async fn on_main(socket: SocketRef, TryData(auth): TryData<Value>) -> Result<(),
                 && blob2.load(Ordering::SeqCst);
             async move {
                 if in_order {
-                    s.emit("blob3-ack", &NO_ARGS).ok();
+                    emit_kept(&s, "blob3-ack", &NO_ARGS).await;
                 }
             }
         },
@@ -273,9 +293,8 @@ async fn on_foo(socket: SocketRef) -> Result<(), Infallible> {
 }
 
 async fn on_abc(socket: SocketRef, TryData(auth): TryData<Value>) {
-    socket
-        .emit("handshake", &handshake(&socket, &auth_of(auth)))
-        .ok();
+    join_own_room(&socket);
+    emit_kept(&socket, "handshake", &handshake(&socket, &auth_of(auth))).await;
 }
 
 async fn on_empty(_: SocketRef) {}
@@ -300,7 +319,12 @@ pub fn layer() -> SocketIoLayer {
         ping_interval: Duration::from_millis(2000),
         ..Engine::socketio_defaults()
     };
-    let (layer, io) = socketio_builder(SocketIo::builder(), &engine).build_layer();
+    // socket.io's defaults for `connectionStateRecovery: {}`: a 2 minute window; its
+    // in-memory adapter keeps events for as long, unbounded in number, which Trestle's
+    // defaults bound.
+    let store = MemoryStore::new(Duration::from_secs(120), 100_000, 10_000);
+    let builder = SocketIo::builder().connection_state_recovery(Some(Arc::new(store)));
+    let (layer, io) = socketio_builder(builder, &engine).build_layer();
     io.ns("/", on_empty.with(on_main).with(main_middleware));
     io.ns("/foo", on_empty.with(on_foo));
     io.ns("/timeout_socket", on_empty);
