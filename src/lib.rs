@@ -32,7 +32,9 @@
 //!    [`cluster::recovery`], connection state recovery's sessions and kept events in Redis,
 //!    its Lua scripts in `recovery/*.lua`).
 //! 4. [`app`]: [`app::AppState`], what one server shares (built once, by `server`), and
-//!    [`app::App`], that state with the Socket.IO handle; the offline deliveries under way.
+//!    [`app::App`], that state with the Socket.IO handle; the offline deliveries under way;
+//!    connection state recovery's store and [`app::Parking`], the waits of sockets that
+//!    may recover (what they leave behind is `connection`'s).
 //! 5. [`session`]: what one socket holds, [`session::Conn`]: its user, joined rooms, event
 //!    queue and bucket, typing deadlines, document streams, presence lease.
 //! 6. [`handlers`]: one module per event family (rooms, comments, typing, presence, tasks,
@@ -40,7 +42,9 @@
 //!    from the [`events`] table. [`handlers::documents`] is split by concern: `fields`
 //!    (validators, the binary field), `upload`, `publish` (and discard), `stream`, `sweeper`.
 //! 7. [`connection`]: a socket's life: admission in the connect middleware (caps, token,
-//!    auto-joins), ordered event dispatch with rate limiting, disconnect clean-up.
+//!    auto-joins; for a recovered socket, the same user and its rooms checked again),
+//!    ordered event dispatch with rate limiting, disconnect clean-up (held back for the
+//!    recovery window when the connection was lost).
 //!    [`http`]: `/health`, `/ready`, `/metrics`, `POST /api/emit`, the `Origin` check,
 //!    admission of engine.io sessions at their handshake ([`http::admission`]: per-address
 //!    and total caps, descriptor reserve), and the hyper server loop with its request-head

@@ -457,6 +457,9 @@ impl Config {
         cfg.admin_ui_username = None;
         cfg.admin_ui_password_hash = None;
         cfg.admin_ui_static_dir = None;
+        // Tests pin what a lost connection does without connection state recovery (its
+        // user leaves at once); client-tests/test/recovery.test.mjs covers it on.
+        cfg.recovery_max_disconnect_ms = 0;
         cfg
     }
 }
