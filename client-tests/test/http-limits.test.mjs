@@ -88,8 +88,13 @@ describe('oversized tokens', () => {
   });
 
   test('a 1 MB token in the query string never connects', async () => {
-    const res = await rawRequest(`${handshakeUrl()}&token=${'a'.repeat(1_000_000)}`);
-    assert.ok([414, 431].includes(res.status), `status ${res.status}`);
+    // The server answers and closes as soon as the head is too long; this side may still
+    // be writing the rest of it then, and see the close as EPIPE or a reset, not the answer.
+    const outcome = await rawRequest(`${handshakeUrl()}&token=${'a'.repeat(1_000_000)}`).then(
+      (res) => res.status,
+      (err) => err.code,
+    );
+    assert.ok([414, 431, 'EPIPE', 'ECONNRESET'].includes(outcome), `outcome ${outcome}`);
     await bystanderWorks();
   });
 });
