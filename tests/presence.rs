@@ -43,15 +43,6 @@ async fn command<R: fred::types::FromValue>(
     c.custom(fred::cmd!(name), args).await.unwrap()
 }
 
-/// A plain client, to look at or damage what the registry keeps.
-async fn raw(redis: &redis::Redis) -> Client {
-    let client = Builder::from_config(Config::from_url(&redis.url).unwrap())
-        .build()
-        .unwrap();
-    client.init().await.unwrap();
-    client
-}
-
 fn projects(p: &str) -> Vec<String> {
     vec![format!("project:{p}")]
 }
@@ -156,7 +147,7 @@ async fn a_dead_instance_is_reaped_and_only_its_lone_users_go_offline() {
     a.connect("y", "ay", &projects("p"), now).await.unwrap();
     b.connect("y", "by", &projects("p"), now).await.unwrap();
     // What a kill -9 leaves: a's heartbeat key expires and nobody removes a's sockets.
-    let r = raw(&redis).await;
+    let r = redis.client().await;
     let alive: Vec<String> = command(&r, "KEYS", vec![format!("{PREFIX}inst:*")]).await;
     assert_eq!(alive.iter().filter(|k| !k.ends_with(":socks")).count(), 2);
     b.heartbeat(now).await.unwrap();
@@ -185,7 +176,7 @@ async fn after_redis_loses_everything_the_instance_registers_again() {
     a.connect("u", "s1", &projects("p"), 1_000).await.unwrap();
     a.connect("v", "s2", &[], 1_000).await.unwrap();
     a.disconnect("v", "s2", 1_500).await.unwrap();
-    let r = raw(&redis).await;
+    let r = redis.client().await;
     let _: String = command(&r, "FLUSHALL", vec![]).await;
     assert_eq!(status(&a, "u").await.0, Status::Offline);
     assert!(

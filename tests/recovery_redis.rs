@@ -32,21 +32,12 @@ async fn connections(redis: &redis::Redis) -> (Client, Arc<Link>) {
         .unwrap();
     subscriber.init().await.unwrap();
     let link = Link::new(subscriber, Duration::from_millis(500));
-    (raw(redis).await, link)
+    (redis.client().await, link)
 }
 
 async fn store(redis: &redis::Redis, window: Duration, max_events: usize) -> RedisStore {
     let (client, link) = connections(redis).await;
     RedisStore::new(client, link, PREFIX, window, max_events, 100)
-}
-
-/// A plain client, to look at or damage what the store keeps.
-async fn raw(redis: &redis::Redis) -> Client {
-    let client = Builder::from_config(Config::from_url(&redis.url).unwrap())
-        .build()
-        .unwrap();
-    client.init().await.unwrap();
-    client
 }
 
 async fn command<R: fred::types::FromValue>(
@@ -123,7 +114,7 @@ async fn events_get_increasing_offsets_and_are_replayed_by_namespace() {
     let mut local = kept("local", &[]);
     local.opts.add_flag(BroadcastFlags::Local);
     assert_eq!(store.record("/", &local).await.unwrap(), None);
-    let len: i64 = command(&raw(&redis).await, "XLEN", args(&[EVENTS])).await;
+    let len: i64 = command(&redis.client().await, "XLEN", args(&[EVENTS])).await;
     assert_eq!(len, 3);
 
     let missed = store.since("/", a, 10).await.unwrap().unwrap();
@@ -185,7 +176,7 @@ async fn a_session_is_restored_once_in_its_namespace_within_the_window() {
     let offset = store.record("/", &kept("a", &[])).await.unwrap().unwrap();
     let saved = session("p", "/", now_ms());
     store.save(saved.clone()).await.unwrap();
-    let ttl: i64 = command(&raw(&redis).await, "PTTL", args(&[&session_key("p")])).await;
+    let ttl: i64 = command(&redis.client().await, "PTTL", args(&[&session_key("p")])).await;
     assert!(
         ttl > WINDOW.as_millis() as i64 && ttl <= WINDOW.as_millis() as i64 + 60_000,
         "lives the window and a minute: {ttl}"
@@ -247,7 +238,7 @@ async fn expired_sessions_and_trimmed_offsets_are_refused() {
     for i in 0..300 {
         store.record("/", &kept(&i.to_string(), &[])).await.unwrap();
     }
-    let len: i64 = command(&raw(&redis).await, "XLEN", args(&[EVENTS])).await;
+    let len: i64 = command(&redis.client().await, "XLEN", args(&[EVENTS])).await;
     assert!(len < 200, "trimmed to about max_events: {len}");
     store.save(session("p", "/", now_ms())).await.unwrap();
     assert!(
@@ -264,7 +255,7 @@ async fn expired_sessions_and_trimmed_offsets_are_refused() {
 async fn discard_tells_whether_the_session_was_restored() {
     let redis = redis::start().await;
     let store = store(&redis, WINDOW, 100).await;
-    let peek = raw(&redis).await;
+    let peek = redis.client().await;
     let exists = |pid: &str| {
         let key = session_key(pid);
         let peek = peek.clone();
@@ -305,7 +296,7 @@ async fn discard_tells_whether_the_session_was_restored() {
 async fn damaged_entries_and_sessions_are_skipped() {
     let redis = redis::start().await;
     let store = store(&redis, WINDOW, 100).await;
-    let damage = raw(&redis).await;
+    let damage = redis.client().await;
     let first = store.record("/", &kept("a", &[])).await.unwrap().unwrap();
     let _: String = command(&damage, "XADD", args(&[EVENTS, "*", "m", "not msgpack"])).await;
     let _: String = command(&damage, "XADD", args(&[EVENTS, "*", "other", "field"])).await;
@@ -446,7 +437,7 @@ async fn a_hung_redis_fails_the_calls_instead_of_holding_them() {
     let store = store(&redis, WINDOW, 100).await;
     let offset = store.record("/", &kept("a", &[])).await.unwrap().unwrap();
     store.save(session("p", "/", now_ms())).await.unwrap();
-    let info: String = command(&raw(&redis).await, "INFO", args(&["server"])).await;
+    let info: String = command(&redis.client().await, "INFO", args(&["server"])).await;
     let pid = info
         .lines()
         .find_map(|l| l.strip_prefix("process_id:"))

@@ -17,6 +17,21 @@ pub struct Redis {
     pub url: String,
 }
 
+impl Redis {
+    /// A plain client of this server, for a test to look at or damage what it holds.
+    pub async fn client(&self) -> fred::clients::Client {
+        use fred::{
+            interfaces::ClientLike,
+            prelude::{Builder, Config},
+        };
+        let client = Builder::from_config(Config::from_url(&self.url).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.unwrap();
+        client
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
