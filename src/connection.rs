@@ -470,7 +470,9 @@ async fn drain<A: Adapter>(app: App<A>, socket: Arc<Socket<A>>, conn: Arc<Conn>)
         }
         match job.work {
             Work::DeliverOffline => {
-                let delivery = handlers::messages::deliver_offline(&app, &socket, &conn).await;
+                // Boxed, as each handler is (`handlers::dispatch`): the queue task stays small.
+                let delivery =
+                    Box::pin(handlers::messages::deliver_offline(&app, &socket, &conn)).await;
                 if delivery == handlers::messages::Delivery::Retry {
                     retry_offline_later(&app, &socket);
                 }
@@ -552,7 +554,7 @@ fn reply<A: Adapter>(
         app.state.metrics.count(e.code);
     }
     let sent = match (result, ack) {
-        (Ok(body), Some(_)) => ack_sender(socket, ack).send(&success(body)),
+        (Ok(body), Some(_)) => ack_sender(socket, ack).send(&Success(body)),
         (Err(e), Some(_)) => ack_sender(socket, ack).send(&Failure::from(&e)),
         (Err(e), None) => socket.emit("error", &Failure::from(&e)),
         (Ok(_), None) => Ok(()),
@@ -570,12 +572,48 @@ fn ack_sender<A: Adapter>(socket: &Arc<Socket<A>>, ack: Option<i64>) -> AckSende
     }
 }
 
-/// `{ success: true, ...body }`.
-fn success(body: Json) -> Json {
-    let mut out = match body {
-        Json::Object(fields) => fields,
-        _ => serde_json::Map::new(),
-    };
-    out.insert("success".into(), Json::Bool(true));
-    Json::Object(out)
+/// `{ success: true, ...body }`, written out as it is serialised: inserting `success` into
+/// the body's map first was about 2% of the instructions of a `join_room` ack.
+struct Success(Json);
+
+impl serde::Serialize for Success {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fields = match &self.0 {
+            Json::Object(fields) => Some(fields),
+            _ => None,
+        };
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("success", &true)?;
+        for (k, v) in fields.into_iter().flatten() {
+            if k != "success" {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn success_goes_first_and_wins() {
+        let body = json!({"room": "task:1", "size": 2, "success": false});
+        assert_eq!(
+            serde_json::to_value(Success(body)).unwrap(),
+            json!({"success": true, "room": "task:1", "size": 2})
+        );
+        assert_eq!(
+            serde_json::to_string(&Success(json!({"a": 1}))).unwrap(),
+            r#"{"success":true,"a":1}"#
+        );
+        assert_eq!(
+            serde_json::to_value(Success(Json::Null)).unwrap(),
+            json!({"success": true})
+        );
+    }
 }

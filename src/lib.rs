@@ -58,9 +58,11 @@
 //! On top: `main.rs`, and `src/bin/conformance/`, the fixtures of socket.io's public test
 //! suites (the protocol suite, and socket.io-client's own suite with `--suite client`) on
 //! the same server loop (README, Protocol conformance). Beside the crate, `vendor/`:
-//! socketioxide, engineioxide and the common parser with Trestle's fixes (the send bound
-//! that disconnects slow consumers, parser and engine strictness), patched in from the
-//! root `Cargo.toml`; `vendor/README.md` lists each fix.
+//! socketioxide (and its core), engineioxide, the common parser and the Redis adapter with
+//! Trestle's fixes (the send bound that disconnects slow consumers, parser and engine
+//! strictness, room sizes counted, not fetched), patched in from the
+//! root `Cargo.toml`; `vendor/README.md` lists each fix. `bench/loadgen`: the load
+//! generator (a workspace member that `cargo build` here does not build; bench/README.md).
 
 pub mod access;
 pub mod admin;

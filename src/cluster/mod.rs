@@ -318,21 +318,25 @@ pub fn reached_only_some(e: &BroadcastError) -> bool {
 }
 
 /// Sockets matched by `op` on every instance, or on this instance when the cluster cannot
-/// be reached (a room cap then holds per instance until Redis is back).
+/// be reached (a room cap then holds per instance until Redis is back). Counted, not
+/// fetched: this instance reads its room sets' sizes, and with Redis every other instance
+/// answers with its number (an instance gone or too slow to answer within the request
+/// deadline is not counted, so a crashed instance's sockets stop counting at once).
 pub async fn count<A: Adapter>(
     redis: Option<&RedisHealth>,
     op: impl Fn() -> BroadcastOperators<A>,
 ) -> usize {
+    // This instance's count never fails: it reads the local room map only.
     if !reachable(redis) {
-        return op().local().sockets().len();
+        return op().local().count().await.unwrap_or_default();
     }
-    match op().fetch_sockets().await {
-        Ok(sockets) => sockets.len(),
+    match op().count().await {
+        Ok(n) => n,
         Err(e) => {
             let e: socketioxide_core::adapter::errors::AdapterError = e.into();
             note_failure(redis, &e);
             tracing::warn!(error = %e, "cluster count failed; counting this instance only");
-            op().local().sockets().len()
+            op().local().count().await.unwrap_or_default()
         }
     }
 }

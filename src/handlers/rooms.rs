@@ -43,10 +43,10 @@ fn room_arg(payload: &Json) -> Result<Room, AppError> {
 }
 
 fn is_in<A: Adapter>(socket: &SocketRef<A>, name: &str) -> bool {
-    socket.rooms().iter().any(|r| r == name)
+    socket.is_in(name)
 }
 
-/// Sockets in `room` on every instance.
+/// Sockets in `room` on every instance, counted (never fetched): [`cluster::count`].
 async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
     cluster::count(cx.app.state.redis.as_ref(), || {
         cx.app.io.within(name.to_owned())
@@ -54,9 +54,29 @@ async fn room_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
     .await
 }
 
-/// Sockets in `room` on this instance.
-fn local_sockets<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> Vec<SocketRef<A>> {
-    cx.app.io.within(name.to_owned()).local().sockets()
+/// Sockets in `room` on this instance: the size of its set in the adapter.
+async fn local_size<A: Adapter>(cx: &Cx<'_, A>, name: &str) -> usize {
+    let count = cx.app.io.within(name.to_owned()).local().count().await;
+    count.unwrap_or_default()
+}
+
+/// Sockets of `user` in `room` on this instance: a scan of the room, made only when the
+/// room holds at least `cap` sockets (else the user cannot have that many there).
+fn user_places<A: Adapter>(
+    cx: &Cx<'_, A>,
+    name: &str,
+    user: &User,
+    here: usize,
+    cap: usize,
+) -> usize {
+    if here < cap {
+        return 0;
+    }
+    let sockets = cx.app.io.within(name.to_owned()).local().sockets();
+    sockets
+        .iter()
+        .filter(|s| conn_of(s).is_some_and(|c| c.user.id == user.id))
+        .count()
 }
 
 /// `join_room`: `roomId` or `{ room }` → `{ room, size }`; others get `user_joined`.
@@ -84,23 +104,19 @@ pub async fn join_room<A: Adapter>(cx: &Cx<'_, A>, value: &mut Value) -> Result<
     // may be a Redis round trip, and no lock is held across one. Cross-instance joins
     // were never atomic; joins on this instance are, below.
     let everywhere = room_size(cx, &name).await;
-    let elsewhere = everywhere.saturating_sub(local_sockets(cx, &name).len());
+    let elsewhere = everywhere.saturating_sub(local_size(cx, &name).await);
     let size = {
         let _guard = cx.app.state.lock_for(&name).lock().await;
-        let here = local_sockets(cx, &name);
+        let here = local_size(cx, &name).await;
         // One user's sockets cannot fill a room and lock its other users out (any user
         // may join `presence:{u}` of anyone): each user holds at most this many places.
         let per_user = cfg.max_room_sockets_per_user;
-        let mine = here
-            .iter()
-            .filter(|s| conn_of(s).is_some_and(|c| c.user.id == user.id))
-            .count();
-        if per_user > 0 && mine >= per_user {
+        if per_user > 0 && user_places(cx, &name, user, here, per_user) >= per_user {
             return Err(AppError::forbidden(format!(
                 "At most {per_user} connections of one user in a room"
             )));
         }
-        let size = here.len() + elsewhere;
+        let size = here + elsewhere;
         if cfg.max_room_size > 0 && size >= cfg.max_room_size {
             return Err(AppError::new(Code::RoomFull, "Room is full"));
         }

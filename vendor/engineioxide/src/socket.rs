@@ -73,7 +73,6 @@ use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
     Mutex,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -152,6 +151,18 @@ impl SendBudget {
         true
     }
 
+    /// Counts `n` bytes as queued if the queue stays within half the bound (a volatile
+    /// packet: dropped rather than let a client that is behind fall further behind).
+    fn try_take_within_half(&self, n: usize) -> bool {
+        let Some(max) = self.max else { return true };
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before > 0 && before + n > max / 2 {
+            self.release(n);
+            return false;
+        }
+        true
+    }
+
     /// Counts `n` bytes as queued, whatever the bound (control packets, a packet put back).
     pub(crate) fn add(&self, n: usize) {
         if self.max.is_some() {
@@ -182,6 +193,54 @@ impl SendBudget {
     }
 }
 
+/// Trestle patch: what `internal_tx` carries. Boxed because tokio's bounded channel
+/// allocates its first block of 32 slots with the channel: 32 inline `PacketBuf`s were
+/// 5.3 KB for every socket, idle or not; 32 boxes are 256 bytes.
+pub(crate) type Queued = Box<PacketBuf>;
+
+/// Trestle patch: the request parts a socket keeps for its whole life, in allocations of
+/// their own. hyper parses the URI and header values as slices of its connection read
+/// buffer (16 KB), so keeping them kept that whole buffer alive for every socket.
+fn compact_parts(mut parts: Parts) -> Parts {
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in parts.headers.iter() {
+        let mut copy = http::HeaderValue::from_bytes(value.as_bytes())
+            .unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), copy);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    parts
+}
+
+/// Trestle patch: the pongs (v4) or pings (v3) the heartbeat job waits for. A `Notify`
+/// keeps at most one signal that no one waits for yet, as the channel of capacity 1 it
+/// replaces did, without that channel's two allocations (about 600 bytes a socket).
+#[derive(Debug, Default)]
+pub(crate) struct HeartbeatSignal(tokio::sync::Notify);
+
+impl HeartbeatSignal {
+    /// Signals the heartbeat job; a signal already waiting absorbs this one.
+    pub(crate) fn try_send(&self, _: ()) -> Result<(), ()> {
+        self.0.notify_one();
+        Ok(())
+    }
+
+    /// Takes a waiting signal, if there is one.
+    fn try_recv(&self) -> bool {
+        self.0.notified().now_or_never().is_some()
+    }
+
+    /// The next signal (never `None`: the sender lives as long as the socket).
+    async fn recv(&self) -> Option<()> {
+        self.0.notified().await;
+        Some(())
+    }
+}
+
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
 /// This is used to notify the [`Handler`](crate::handler::EngineIoHandler) of the reason why a [`Socket`] was closed
 /// If the error cannot be converted to a [`DisconnectReason`] it means that the error was not fatal and the [`Socket`] can be kept alive
@@ -200,7 +259,7 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, PacketBuf>,
+    inner: mpsc::Permit<'a, Queued>,
     budget: &'a SendBudget,
     sid: Sid,
     close_fn: &'a (dyn Fn(Sid, DisconnectReason) + Send + Sync),
@@ -210,7 +269,7 @@ impl Permit<'_> {
     /// consumer (the packets are dropped with the connection).
     fn send(self, packets: PacketBuf) {
         if self.budget.try_take(SendBudget::len_of(&packets)) {
-            self.inner.send(packets);
+            self.inner.send(Box::new(packets));
         } else {
             drop(self.inner);
             #[cfg(feature = "tracing")]
@@ -257,20 +316,15 @@ impl Permit<'_> {
 
 #[derive(Debug)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<PacketBuf>,
+    pub buffered_rx: Receiver<Queued>,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<PacketBuf>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
     }
 }
@@ -319,22 +373,16 @@ where
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
+    pub(crate) internal_tx: mpsc::Sender<Queued>,
 
     /// Trestle patch: bytes waiting in `internal_tx`, and their bound.
     pub(crate) budget: SendBudget,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Signal of a Pong [`Packet`] (v4 protocol) or Ping (v3 protocol) from the connection
+    /// to the heartbeat job, which is running in a separate task.
+    /// (Trestle patch: a [`HeartbeatSignal`], not a channel.)
+    pub(crate) heartbeat_tx: HeartbeatSignal,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -364,8 +412,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -374,20 +420,18 @@ where
             upgrading: AtomicBool::new(false),
             close_state: AtomicU8::new(OPEN),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
             budget: SendBudget::new(config.max_buffer_bytes),
 
-            volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat_tx: HeartbeatSignal::default(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
 
             data: D::default(),
-            req_parts,
+            req_parts: compact_parts(req_parts),
 
             supports_binary,
         }
@@ -404,7 +448,7 @@ where
             self.close_slow_consumer();
             return Err(TrySendError::Full(packets.pop().unwrap()));
         }
-        self.internal_tx.try_send(packets).map_err(|p| {
+        self.internal_tx.try_send(Box::new(packets)).map_err(|p| {
             self.budget.release(len);
             match p {
                 TrySendError::Full(mut p) => {
@@ -419,12 +463,12 @@ where
 
     /// Trestle patch: queues a control packet (ping, pong, close), counted in the budget
     /// but never refused by it.
-    pub(crate) fn send_control(&self, packet: Packet) -> Result<(), TrySendError<PacketBuf>> {
+    pub(crate) fn send_control(&self, packet: Packet) -> Result<(), TrySendError<Queued>> {
         let packets: PacketBuf = smallvec![packet];
         let len = SendBudget::len_of(&packets);
         self.budget.add(len);
         self.internal_tx
-            .try_send(packets)
+            .try_send(Box::new(packets))
             .inspect_err(|_| self.budget.release(len))
     }
 
@@ -489,10 +533,7 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        let heartbeat_rx = &self.heartbeat_tx;
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
@@ -504,7 +545,7 @@ where
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        heartbeat_rx.try_recv();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
@@ -535,10 +576,7 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
+        let heartbeat_rx = &self.heartbeat_tx;
 
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
@@ -731,8 +769,27 @@ where
         self.send_volatile(packets)
     }
 
+    /// Trestle patch: a volatile packet waits in the send queue with the others, in order,
+    /// when the client keeps up (its queue at most half full, in packets and in bytes), and
+    /// is dropped when it does not; it never closes the socket as a slow consumer. Upstream
+    /// kept only the latest volatile packet in a `watch` channel beside the queue, so a
+    /// client that read everything still lost all but the last of a burst (typing relays
+    /// from several people at once), and every socket paid for the channel (~500 bytes).
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        if self.internal_tx.capacity() * 2 < self.internal_tx.max_capacity() {
+            return false;
+        }
+        let len = SendBudget::len_of(&packets);
+        if !self.budget.try_take_within_half(len) {
+            return false;
+        }
+        match self.internal_tx.try_send(Box::new(packets)) {
+            Ok(()) => true,
+            Err(_) => {
+                self.budget.release(len);
+                false
+            }
+        }
     }
 }
 
@@ -744,7 +801,6 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
             .field("heartbeat_tx", &self.heartbeat_tx)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
@@ -793,8 +849,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -803,14 +857,12 @@ where
             upgrading: AtomicBool::new(false),
             close_state: AtomicU8::new(OPEN),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
             budget: SendBudget::new(None),
 
-            volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat_tx: HeartbeatSignal::default(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
@@ -826,7 +878,7 @@ where
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
             while let Some(packets) = internal_rx.buffered_rx.recv().await {
-                for packet in packets {
+                for packet in *packets {
                     tx.send(packet).await.unwrap();
                 }
             }

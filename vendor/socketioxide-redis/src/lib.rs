@@ -154,7 +154,7 @@ use futures_core::Stream;
 use futures_util::{StreamExt, future::Either};
 use serde::{Serialize, de::DeserializeOwned};
 use socketioxide_core::adapter::remote_packet::{
-    RequestIn, RequestOut, RequestTypeOut, Response, ResponseTypeId,
+    RequestIn, RequestOut, RequestTypeOut, Response, ResponseType, ResponseTypeId,
 };
 use socketioxide_core::adapter::request::RemoteRequestHandler;
 use socketioxide_core::adapter::stream::{
@@ -719,6 +719,31 @@ impl<E: SocketEmitter, R: Driver> CoreAdapter<E> for CustomRedisAdapter<E, R> {
             })
             .await;
         Ok(sockets)
+    }
+
+    // Trestle patch: a room's size without fetching its sockets (issue 17): each server
+    // answers with a number. Servers that do not answer in time (gone, or an older
+    // release that does not know the request) are not counted, as with `fetch_sockets`.
+    async fn count_sockets(&self, opts: BroadcastOptions) -> Result<usize, Self::Error> {
+        if opts.is_local(self.uid) {
+            return Ok(self.local.count(&opts));
+        }
+        let req = RequestOut::new(self.uid, RequestTypeOut::CountSockets, &opts);
+        let req_id = req.id;
+        // First get the remote stream because redis might send
+        // the responses before subscription is done.
+        let remote = self
+            .get_res::<()>(req_id, ResponseTypeId::SocketCount, opts.server_id)
+            .await?;
+        self.send_req(req, opts.server_id).await?;
+        let local = self.local.count(&opts);
+        let count = remote
+            .fold(local, async |acc, item| match item.r#type {
+                ResponseType::SocketCount(n) => acc.saturating_add(n as usize),
+                _ => acc,
+            })
+            .await;
+        Ok(count)
     }
 
     fn get_local(&self) -> &CoreLocalAdapter<E> {

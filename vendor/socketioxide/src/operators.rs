@@ -321,6 +321,13 @@ impl<A: Adapter> BroadcastOperators<A> {
         Ok(sockets)
     }
 
+    /// The number of sockets selected, on every server (or this one after `local()`),
+    /// without fetching them.
+    // Trestle patch: a room's size without fetching its sockets (issue 17).
+    pub async fn count(self) -> Result<usize, A::Error> {
+        self.ns.adapter.count_sockets(self.opts).await
+    }
+
     #[doc = include_str!("../docs/operators/disconnect.md")]
     pub async fn disconnect(self) -> Result<(), BroadcastError> {
         self.ns.adapter.disconnect_socket(self.opts).await

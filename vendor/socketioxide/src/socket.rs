@@ -695,6 +695,12 @@ impl<A: Adapter> Socket<A> {
             .collect()
     }
 
+    /// # Whether the socket is in `room`, without copying its rooms.
+    // Trestle patch: a membership check per event (issue 17).
+    pub fn is_in(&self, room: &str) -> bool {
+        self.ns.adapter.get_local().is_in(self.id, room)
+    }
+
     /// # Return true if the socket is connected to the namespace.
     ///
     /// A socket is considered connected when it has been successfully handshaked with the server

@@ -76,11 +76,17 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         }
     }
 
-    tokio::spawn(async move {
+    // Trestle patch: the request and its parts wait for the upgrade in a box of their own,
+    // freed once it is done; captured by the task, they stayed there for the connection's
+    // life.
+    let upgrade = Box::pin(async move {
         let conn = hyper::upgrade::on(req)
             .await
             .map(hyper_util::rt::TokioIo::new);
-
+        (conn, parts)
+    });
+    tokio::spawn(async move {
+        let (conn, parts) = upgrade.await;
         let res = match conn {
             Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
             Err(_e) => {
@@ -114,17 +120,38 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
 /// Read packets from the websocket and handle them, it will block until the connection is closed
-#[cfg_attr(
-    feature = "tracing",
-    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
-)]
-pub async fn on_init<H: EngineIoHandler, S>(
+pub fn on_init<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(), Error>
+) -> impl std::future::Future<Output = Result<(), Error>> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Trestle patch: the handshake (or upgrade) runs in a box freed once it is done. Inline,
+    // its state (request parts, handshake and upgrade futures) stayed in the connection's
+    // task for as long as the connection lived.
+    let init = Box::pin(init_session(engine.clone(), conn, protocol, sid, req_data));
+    async move {
+        let (socket, ws) = init.await?;
+        run_session(engine, socket, ws).await
+    }
+}
+
+/// Trestle patch: the first part of [`on_init`]: the session and its websocket.
+#[cfg_attr(
+    feature = "tracing",
+    tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
+)]
+async fn init_session<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -175,6 +202,18 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
+    Ok((socket, ws))
+}
+
+/// Trestle patch: the rest of [`on_init`]: the websocket's reader here, its writer in a task.
+async fn run_session<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    socket: Arc<Socket<H::Data>>,
+    ws: WebSocketStream<S>,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
@@ -311,11 +350,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
@@ -358,12 +393,12 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 match items {
                     Some(packets) => {
                         socket.budget.sent(&packets);
-                        for item in packets {
+                        for item in *packets {
                             map_fn!(item);
                         }
                         while let Ok(packets) = buffered_rx.try_recv() {
                             socket.budget.sent(&packets);
-                            for item in packets {
+                            for item in *packets {
                                 map_fn!(item);
                             }
                         }
@@ -372,16 +407,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
-            },
+            // Trestle patch: volatile packets come through `buffered_rx` (`Socket::send_volatile`).
         }
 
         #[cfg(feature = "tracing")]
@@ -483,7 +509,7 @@ where
         socket.budget.add(SendBudget::len_of(&noop));
         socket
             .internal_tx
-            .send(noop)
+            .send(Box::new(noop))
             .await
             .map_err(|_| Error::Upgrade)
     };
