@@ -53,6 +53,12 @@ echo "== client-tests (node --test, socket.io-client)"
   TRESTLE_BIN="$PWD/../target/release/trestle" npm test
 )
 
+# Every scenario of bench/loadgen against Trestle, a few clients for about a second each:
+# fails if a scenario misses deliveries or acks. No timing is asserted.
+echo "== load generator smoke"
+cargo build --release --locked -p trestle-loadgen
+target/release/loadgen smoke --trestle-bin target/release/trestle
+
 # docker/Dockerfile without a Docker engine (a few seconds): its build context holds every
 # file the build reads, its builder steps replay, the HEALTHCHECK works (docker/README.md).
 echo "== docker image context (node --test docker/context.test.mjs)"
