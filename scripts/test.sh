@@ -56,7 +56,7 @@ echo "== client-tests (node --test, socket.io-client)"
 # Every scenario of bench/loadgen against Trestle, a few clients for about a second each:
 # fails if a scenario misses deliveries or acks. No timing is asserted.
 echo "== load generator smoke"
-cargo build --release --locked -p trestle-loadgen
+cargo build --release --locked --manifest-path bench/loadgen/Cargo.toml --target-dir target
 target/release/loadgen smoke --trestle-bin target/release/trestle
 
 # docker/Dockerfile without a Docker engine (a few seconds): its build context holds every

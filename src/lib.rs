@@ -62,7 +62,7 @@
 //! Trestle's fixes (the send bound that disconnects slow consumers, parser and engine
 //! strictness, room sizes counted, not fetched), patched in from the
 //! root `Cargo.toml`; `vendor/README.md` lists each fix. `bench/loadgen`: the load
-//! generator (a workspace member that `cargo build` here does not build; bench/README.md).
+//! generator, a crate and workspace of its own (bench/README.md).
 
 pub mod access;
 pub mod admin;
