@@ -102,3 +102,52 @@ describe('ALLOW_EIO3=true', () => {
     assert.match(err.message, /Authentication failed/);
   });
 });
+
+// The v3 heartbeat runs the other way round from v4: the client pings every pingInterval
+// and the server answers; the server drops a client not heard from for pingInterval +
+// pingTimeout. (One engine-wide heartbeat task answers for every socket: vendor/README.md,
+// fix 21.)
+describe('ALLOW_EIO3=true, v3 heartbeat', () => {
+  const PING_INTERVAL = 300;
+  const PING_TIMEOUT = 200;
+  let server;
+  before(async () => {
+    server = await startServer({ ALLOW_EIO3: 'true', PING_INTERVAL_MS: PING_INTERVAL, PING_TIMEOUT_MS: PING_TIMEOUT });
+  });
+  after(() => server?.stop());
+
+  for (const transport of ['polling', 'websocket']) {
+    test(`over ${transport}: a v2 client's pings are answered, so it stays connected`, async () => {
+      const project = uniq('p');
+      const old = await connectV2(server, signToken({ userId: uniq('old'), projects: [project] }), [transport]);
+      let closed = null;
+      old.on('disconnect', (reason) => {
+        closed = reason;
+      });
+      const pongs = [];
+      old.on('pong', (ms) => pongs.push(ms));
+      // A v2 client that gets no pong within pingTimeout closes with "ping timeout".
+      await new Promise((resolve) => setTimeout(resolve, 5 * PING_INTERVAL));
+      assert.equal(closed, null, `disconnected: ${closed}`);
+      assert.ok(pongs.length >= 3, `${pongs.length} pongs`);
+      assert.equal((await ackV2(old, 'join_room', `project:${project}`)).success, true);
+      old.close();
+    });
+  }
+
+  test('a v3 session that never pings is closed after pingInterval + pingTimeout', async () => {
+    const token = signToken({ userId: uniq('silent') });
+    const open = await rawRequest(`${server.url}/socket.io/?EIO=3&transport=polling&token=${token}`);
+    assert.equal(open.status, 200);
+    const sid = /"sid":"([^"]+)"/.exec(open.text)?.[1];
+    assert.ok(sid, open.text);
+    const url = `${server.url}/socket.io/?EIO=3&transport=polling&sid=${sid}`;
+    // Alive while it pings (v3 payload framing: length, colon, packet).
+    for (let i = 0; i < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, PING_INTERVAL));
+      assert.equal((await rawRequest(url, { method: 'POST', body: '1:2' })).status, 200, `ping ${i}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, PING_INTERVAL + PING_TIMEOUT + 200));
+    assert.equal((await rawRequest(url, { method: 'POST', body: '1:2' })).status, 400, 'still open');
+  });
+});

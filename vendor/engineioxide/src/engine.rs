@@ -24,6 +24,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// Trestle patch: every socket's heartbeat, in one task (`crate::heartbeat`).
+    pub(crate) heartbeats: crate::heartbeat::Heartbeats<H::Data>,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -31,6 +34,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
     pub fn new(handler: Arc<H>, config: EngineIoConfig) -> Self {
         Self {
             sockets: RwLock::new(HashMap::new()),
+            heartbeats: crate::heartbeat::Heartbeats::new(config.ping_interval, config.ping_timeout),
             config,
             handler,
         }

@@ -23,5 +23,7 @@ pub mod sid {
 
 mod body;
 mod engine;
+// Trestle patch: one heartbeat task per engine.
+mod heartbeat;
 mod errors;
 mod transport;

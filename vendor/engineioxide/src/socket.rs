@@ -58,7 +58,6 @@ use std::{
     collections::VecDeque,
     fmt::Debug,
     sync::{
-        Arc,
         atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -67,7 +66,6 @@ use std::{
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
@@ -216,31 +214,6 @@ fn compact_parts(mut parts: Parts) -> Parts {
     parts
 }
 
-/// Trestle patch: the pongs (v4) or pings (v3) the heartbeat job waits for. A `Notify`
-/// keeps at most one signal that no one waits for yet, as the channel of capacity 1 it
-/// replaces did, without that channel's two allocations (about 600 bytes a socket).
-#[derive(Debug, Default)]
-pub(crate) struct HeartbeatSignal(tokio::sync::Notify);
-
-impl HeartbeatSignal {
-    /// Signals the heartbeat job; a signal already waiting absorbs this one.
-    pub(crate) fn try_send(&self, _: ()) -> Result<(), ()> {
-        self.0.notify_one();
-        Ok(())
-    }
-
-    /// Takes a waiting signal, if there is one.
-    fn try_recv(&self) -> bool {
-        self.0.notified().now_or_never().is_some()
-    }
-
-    /// The next signal (never `None`: the sender lives as long as the socket).
-    async fn recv(&self) -> Option<()> {
-        self.0.notified().await;
-        Some(())
-    }
-}
-
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
 /// This is used to notify the [`Handler`](crate::handler::EngineIoHandler) of the reason why a [`Socket`] was closed
 /// If the error cannot be converted to a [`DisconnectReason`] it means that the error was not fatal and the [`Socket`] can be kept alive
@@ -379,10 +352,9 @@ where
     pub(crate) budget: SendBudget,
 
 
-    /// Signal of a Pong [`Packet`] (v4 protocol) or Ping (v3 protocol) from the connection
-    /// to the heartbeat job, which is running in a separate task.
-    /// (Trestle patch: a [`HeartbeatSignal`], not a channel.)
-    pub(crate) heartbeat_tx: HeartbeatSignal,
+    /// Trestle patch: when the last Pong [`Packet`] (v4 protocol) or Ping (v3 protocol) came
+    /// from the connection; the engine's heartbeat task reads it (`crate::heartbeat`).
+    last_heard: std::sync::Mutex<tokio::time::Instant>,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -425,7 +397,7 @@ where
             budget: SendBudget::new(config.max_buffer_bytes),
 
 
-            heartbeat_tx: HeartbeatSignal::default(),
+            last_heard: std::sync::Mutex::new(tokio::time::Instant::now()),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -488,110 +460,25 @@ where
         self.upgrading.store(true, Ordering::Relaxed);
     }
 
-    /// Spawn the heartbeat job
-    ///
-    /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
-                })
-                .inspect(|_v| {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client or server does not respond within the timeout, the connection is closed.
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
+    /// Trestle patch: a Pong (v4) or Ping (v3) came from the client. A v3 ping is answered
+    /// here, at once (crates.io answered from the socket's heartbeat task, which is gone:
+    /// see `crate::heartbeat`).
+    pub(crate) fn heard(&self) {
+        *self.last_heard.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        if self.protocol == ProtocolVersion::V3 {
+            // A full queue closes the socket as a slow consumer.
+            self.send_control(Packet::Pong).ok();
         }
     }
 
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
+    /// Trestle patch: when the client was last heard from (see [`Socket::heard`]).
+    pub(crate) fn last_heard(&self) -> tokio::time::Instant {
+        *self.last_heard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let heartbeat_rx = &self.heartbeat_tx;
-
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
-
-        // Trestle patch: the first ping goes out one interval after the handshake, as with
-        // socket.io's engine (crates.io sent it at once: `interval`'s first tick is
-        // immediate), which the public protocol test suite expects.
-        let mut interval_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        interval_tick.tick().await;
-        // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv();
-        loop {
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.send_control(Packet::Ping)
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
-        }
-    }
-
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let heartbeat_rx = &self.heartbeat_tx;
-
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
-
-        loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.send_control(Packet::Pong)
-                .map_err(|_| Error::HeartbeatTimeout)?;
-        }
+    /// Trestle patch: whether the client was heard from at or after `at`.
+    pub(crate) fn heard_since(&self, at: tokio::time::Instant) -> bool {
+        self.last_heard() >= at
     }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
@@ -801,7 +688,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("last_heard", &self.last_heard)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -862,7 +749,7 @@ where
             budget: SendBudget::new(None),
 
 
-            heartbeat_tx: HeartbeatSignal::default(),
+            last_heard: std::sync::Mutex::new(tokio::time::Instant::now()),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

@@ -57,7 +57,7 @@ where
 
     let packet = make_open_packet(TransportType::Polling, socket.id, &engine.config);
 
-    socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    engine.heartbeats.watch(&socket);
 
     let packet: String = Packet::Open(packet).into();
     let packet = {
@@ -241,8 +241,8 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                // Trestle patch: the engine's heartbeat task reads it (`crate::heartbeat`).
+                socket.heard();
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

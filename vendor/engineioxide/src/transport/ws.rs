@@ -197,9 +197,7 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        engine.heartbeats.watch(&socket);
         (socket, ws)
     };
     Ok((socket, ws))
@@ -264,8 +262,8 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    // Trestle patch: the engine's heartbeat task reads it (`crate::heartbeat`).
+                    socket.heard();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
