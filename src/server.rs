@@ -9,6 +9,7 @@
 use std::{
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -158,10 +159,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// 503, every client gets `server_shutdown`, and after `SHUTDOWN_DRAIN_MS` the engine
 /// connections are closed (not a Socket.IO disconnect, so clients reconnect elsewhere).
 /// Returns once everything is closed or `SHUTDOWN_TIMEOUT_MS` has passed.
-pub async fn serve(
+pub fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    serve_boxed(listener, config, Box::pin(shutdown))
+}
+
+/// [`serve`]'s body. Not generic, and boxed here, so that the whole server is compiled
+/// once, in this crate: an `async fn` whose future is first polled in another crate (the
+/// binary, each test crate) is compiled again there, which cost the binary and three test
+/// crates two to three minutes each of a CI build.
+#[inline(never)]
+fn serve_boxed(
+    listener: TcpListener,
+    config: Config,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+    Box::pin(serve_inner(listener, config, shutdown))
+}
+
+async fn serve_inner(
     listener: TcpListener,
     mut config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     let database_url = crate::store::database_url(&config);
     let backend = Backend::of_url(&database_url)?;
