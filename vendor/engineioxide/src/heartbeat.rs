@@ -12,8 +12,9 @@
 //! - v3: the client pings, the server answers at once (in the transport's reader, see
 //!   [`Socket::heard`]); a client not heard from for `ping_interval + ping_timeout` is closed.
 //!
-//! An entry holds a `Weak` socket, so a closed socket is dropped from the queue when its next
-//! deadline comes (at most one interval later) and never kept alive by it.
+//! An entry holds a `Weak` socket, so the queue never keeps a closed socket alive: its
+//! fields are dropped with the last `Arc`, and the entry (with the socket's now empty
+//! allocation) leaves the queue when its next deadline comes, at most one interval later.
 
 use std::{
     cmp::Ordering,
