@@ -124,12 +124,18 @@ describe('ALLOW_EIO3=true, v3 heartbeat', () => {
       old.on('disconnect', (reason) => {
         closed = reason;
       });
-      const pongs = [];
-      old.on('pong', (ms) => pongs.push(ms));
       // A v2 client that gets no pong within pingTimeout closes with "ping timeout".
-      await new Promise((resolve) => setTimeout(resolve, 5 * PING_INTERVAL));
+      let pongs = 0;
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${pongs} pongs, disconnected: ${closed}`)), 10 * PING_INTERVAL);
+        old.on('pong', () => {
+          if (++pongs === 3) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
       assert.equal(closed, null, `disconnected: ${closed}`);
-      assert.ok(pongs.length >= 3, `${pongs.length} pongs`);
       assert.equal((await ackV2(old, 'join_room', `project:${project}`)).success, true);
       old.close();
     });
@@ -142,12 +148,24 @@ describe('ALLOW_EIO3=true, v3 heartbeat', () => {
     const sid = /"sid":"([^"]+)"/.exec(open.text)?.[1];
     assert.ok(sid, open.text);
     const url = `${server.url}/socket.io/?EIO=3&transport=polling&sid=${sid}`;
-    // Alive while it pings (v3 payload framing: length, colon, packet).
+    // Alive while it pings, as a v2 client does, once every pingInterval (v3 payload
+    // framing: length, colon, packet).
     for (let i = 0; i < 3; i++) {
       await new Promise((resolve) => setTimeout(resolve, PING_INTERVAL));
       assert.equal((await rawRequest(url, { method: 'POST', body: '1:2' })).status, 200, `ping ${i}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, PING_INTERVAL + PING_TIMEOUT + 200));
+    // Then silent: polls take the queued pongs, and the last one is held until the server
+    // closes the session with a close packet.
+    const silentSince = Date.now();
+    let polled = '';
+    while (!polled.endsWith('1:1')) {
+      const res = await rawRequest(url, { timeoutMs: 5000 });
+      assert.equal(res.status, 200, `poll answered ${res.status} after ${JSON.stringify(polled)}`);
+      polled += res.text;
+    }
+    const closedAfter = Date.now() - silentSince;
+    assert.ok(polled.includes('1:3'), `pongs: ${JSON.stringify(polled)}`);
+    assert.ok(closedAfter >= PING_INTERVAL + PING_TIMEOUT - 50, `closed ${closedAfter} ms after the last ping`);
     assert.equal((await rawRequest(url, { method: 'POST', body: '1:2' })).status, 400, 'still open');
   });
 });
